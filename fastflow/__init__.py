@@ -1,0 +1,20 @@
+"""fastflow: compiled kernels for ODE-based generative models (PFGM, PFGM++, EDM/VE, rectified flow).
+
+See README.md for a tour, ../shared/MATH.md for the mathematics and API.md for the contract.
+"""
+try:  # TEMP until _ops lands
+    from . import _ops  # noqa: F401
+except ImportError:
+    pass
+from . import pfgm
+from ._loader import backends
+from .families import Family, Gaussian, Poisson, RadialCDF, RectifiedFlow
+from .field import FieldStats
+from .targets import pfgmpp_target, stf_target
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Family", "Poisson", "Gaussian", "RadialCDF", "RectifiedFlow", "FieldStats",
+    "pfgm", "pfgmpp_target", "stf_target", "backends",
+]

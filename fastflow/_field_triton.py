@@ -1,0 +1,92 @@
+"""Launchers of the Triton field kernels (``fastflow.kernels.field``).
+
+Per chunk of N reference rows: ``_field_logits_kernel`` writes the (B, N) relative log-weights and per-tile
+partial stats; a few (B, n_tiles) torch ops merge them into the running minimum distance and sums; ``_field_wsum_kernel`` rescales the
+(B, d) fp32 accumulator and adds the chunk's weighted sum. Extra memory is O(B*N + (B + R) + B*d).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+
+from ._field_torch import exact_log_norm
+from ._logweights import rel_log_weight
+from .kernels.field import _field_logits_kernel, _field_wsum_kernel
+
+#: Tile sizes. On a GPU the IEEE-fp32 dot runs on the FMA units; 64x64 output tiles with 32-wide k steps
+#: keep the register footprint of a 4-warp program at 64*64/128 = 32 accumulators per thread.
+GPU_TILES = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, BLOCK_D=64, num_warps=4, num_stages=3)
+#: Under the interpreter each program costs ~2.5 ms per loop step whatever its size: big tiles, few programs.
+INTERPRET_TILES = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=256, BLOCK_D=256)
+
+#: default rows of the reference set per chunk (the (B, N) log-weight buffer is the only O(B*N) temporary)
+DEFAULT_CHUNK = 16384
+
+
+def _tiles(device: torch.device, overrides: dict | None):
+    cfg = dict(INTERPRET_TILES if device.type == "cpu" else GPU_TILES)
+    env = os.environ.get("FASTFLOW_TRITON_TILES")  # e.g. "BLOCK_M=16,BLOCK_K=1024" for tests
+    if env:
+        cfg.update({k: int(v) for k, v in (kv.split("=") for kv in env.split(","))})
+    if overrides:
+        cfg.update(overrides)
+    return cfg
+
+
+def field_triton(x, ref, t, a, kind, p, q, *, precision="ieee", chunk_size=None, tiles=None):
+    """Triton posterior mean. x: (B, d), ref: (R, d) float32/16/bf16; t, a: (B,) float32.
+
+    Returns (xbar (B, d), log_norm (B,), ess (B,)) in float32.
+    """
+    B, d = x.shape
+    R = ref.shape[0]
+    dev = x.device
+    f32 = torch.float32
+    cfg = _tiles(dev, tiles)
+    BM, BN, BK, BD = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"], cfg["BLOCK_D"]
+    launch = {k: cfg[k] for k in ("num_warps", "num_stages") if k in cfg}
+    x = x.contiguous()
+    ref = ref.contiguous()
+    t = t.to(f32).contiguous()
+    a = a.to(f32).contiguous()
+    c = torch.mean(ref, dim=0, dtype=f32)
+    N = min(R, chunk_size or DEFAULT_CHUNK)
+    n_tiles = triton.cdiv(N, BN)
+    rel = torch.empty(B, N, dtype=f32, device=dev)
+    sp = torch.empty(B, n_tiles, dtype=f32, device=dev)
+    jp = torch.empty(B, n_tiles, dtype=torch.int32, device=dev)
+    lp = torch.empty_like(sp)
+    l2p = torch.empty_like(sp)
+    out = torch.zeros(B, d, dtype=f32, device=dev)
+    smin = torch.full((B,), float("inf"), dtype=f32, device=dev)
+    jmin = torch.zeros(B, dtype=torch.int64, device=dev)
+    l = torch.zeros(B, dtype=f32, device=dev)
+    l2 = torch.zeros(B, dtype=f32, device=dev)
+    for start in range(0, R, N):
+        y = ref[start:start + N]
+        n = y.shape[0]
+        nt = triton.cdiv(n, BN)
+        _field_logits_kernel[(triton.cdiv(B, BM), nt)](
+            x, y, c, t, a, rel, sp, jp, lp, l2p,
+            B, n, d, x.stride(0), y.stride(0), rel.stride(0), sp.stride(0),
+            float(p), float(q),
+            KIND=kind, PRECISION=precision, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, **launch)
+        # merge the per-tile partial stats into the running ones (B x n_tiles, negligible)
+        st, lt, l2t = sp[:, :nt], lp[:, :nt], l2p[:, :nt]
+        s_chunk, tile = st.min(dim=1)
+        s_new = torch.minimum(smin, s_chunk)
+        j_chunk = jp[:, :nt].gather(1, tile[:, None]).squeeze(1).long() + start
+        jmin = torch.where(s_chunk < smin, j_chunk, jmin)
+        alpha = torch.where(torch.isinf(smin), torch.zeros_like(smin),
+                            torch.exp(rel_log_weight(smin, s_new, t, kind, p, q)))
+        shift = rel_log_weight(st, s_new[:, None], t[:, None], kind, p, q).contiguous()
+        r = torch.exp(shift)
+        l = l * alpha + (lt * r).sum(dim=1)
+        l2 = l2 * alpha * alpha + (l2t * r * r).sum(dim=1)
+        smin = s_new
+        _field_wsum_kernel[(triton.cdiv(B, BM), triton.cdiv(d, BD))](
+            rel, shift, alpha, y, out, B, n, d, rel.stride(0), shift.stride(0), y.stride(0), out.stride(0),
+            PRECISION=precision, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD, **launch)
+    return out / l[:, None], exact_log_norm(x, ref, t, a, jmin, l, kind, p, q), l * l / l2

@@ -1,0 +1,78 @@
+"""Log-weights of the isotropic families as functions of the squared distance s = r^2 (MATH.md §3).
+
+Every backend evaluates the same closed forms, selected by an integer ``kind`` and two scalars ``p``, ``q``:
+
+=========  ==========================================================  =======================
+kind       log-weight l(s, t)                                           parameters
+=========  ==========================================================  =======================
+POISSON    -p * log(t^2 + s)                                            p = (d + D) / 2
+GAUSSIAN   -p * s / t^2                                                 p = 1/2
+TANH       log sech^2(r/t) - q * log s,  r = sqrt(s)                    q = (d - 1) / 2
+EXP        -r/t - q * log s                                             q = (d - 1) / 2
+=========  ==========================================================  =======================
+
+Constants that do not depend on the reference index j (such as log(1/t) in the radial-CDF density) are left
+out: they cancel in the softmax. ``FieldStats.log_norm`` is the log-sum-exp of exactly these log-weights.
+
+Every l is decreasing in s, so the largest log-weight of a row belongs to its smallest distance s*. The fast
+backends never round l itself: they carry s* and evaluate the difference l(s) - l(s*) by :func:`rel_log_weight`,
+whose forms (log1p of a relative gap) stay accurate where l is large. At d = 3072, l = -1537 log(t^2 + s) is
+~1e4 in size, and its fp32 rounding alone (~1e-3) would perturb every weight by 0.1%.
+
+The radial kinds clamp s at float32's smallest normal number (in every dtype) inside log s: a reference point that coincides
+with the query has an infinite density (r^-(d-1)), and the clamp turns it into a finite, dominating weight.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+POISSON = 0
+GAUSSIAN = 1
+TANH = 2
+EXP = 3
+
+KIND_NAMES = {POISSON: "poisson", GAUSSIAN: "gaussian", TANH: "tanh", EXP: "exp"}
+LOG2 = math.log(2.0)
+#: s is clamped at float32's smallest normal number inside log s, in every dtype, so that float32 and float64
+#: give the same finite weight to a reference point that coincides with the query.
+TINY = 1.1754943508222875e-38
+
+
+def log_weight(s: torch.Tensor, t: torch.Tensor, kind: int, p: float, q: float) -> torch.Tensor:
+    """l(s, t) of ``kind`` for ``s`` >= 0 and ``t`` > 0 (broadcasting); used for the log-normaliser only."""
+    if kind == POISSON:
+        return -p * torch.log(t * t + s)
+    if kind == GAUSSIAN:
+        return -p * s / (t * t)
+    u = torch.sqrt(s) / t
+    if kind == TANH:
+        # log sech^2(u) = -2 (u + log1p(exp(-2u)) - log 2): exact for every u >= 0, no overflow
+        log_dpsi = -2.0 * (u + torch.log1p(torch.exp(-2.0 * u)) - LOG2)
+    elif kind == EXP:
+        log_dpsi = -u
+    else:
+        raise ValueError(f"unknown log-weight kind {kind}")
+    return log_dpsi - q * torch.log(s.clamp_min(TINY))
+
+
+def rel_log_weight(s: torch.Tensor, s0: torch.Tensor, t: torch.Tensor, kind: int, p: float, q: float):
+    """l(s, t) - l(s0, t) without forming either term: <= 0 when s >= s0, and -inf for s = inf.
+
+    The C++ op and the Triton kernels transcribe these lines.
+    """
+    if kind == POISSON:
+        return -p * torch.log1p((s - s0) / (t * t + s0))
+    if kind == GAUSSIAN:
+        return -p * (s - s0) / (t * t)
+    tiny = TINY
+    u, u0 = torch.sqrt(s) / t, torch.sqrt(s0) / t
+    if kind == TANH:
+        d_log_dpsi = -2.0 * ((u - u0) + torch.log1p(torch.exp(-2.0 * u)) - torch.log1p(torch.exp(-2.0 * u0)))
+    elif kind == EXP:
+        d_log_dpsi = -(u - u0)
+    else:
+        raise ValueError(f"unknown log-weight kind {kind}")
+    sc0 = s0.clamp_min(tiny)
+    return d_log_dpsi - q * torch.log1p((s.clamp_min(tiny) - sc0) / sc0)

@@ -1,0 +1,72 @@
+"""Argument checks shared by the public API. Errors name the argument and say what was expected (API.md)."""
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+
+def tensor(name: str, v, *, min_dim: int = 1) -> torch.Tensor:
+    """A finite floating-point tensor with at least ``min_dim`` dims, else TypeError / ValueError."""
+    if not isinstance(v, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(v).__name__}")
+    if not v.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor (float16/bfloat16/float32/float64), got {v.dtype}")
+    if v.dim() < min_dim:
+        raise ValueError(f"{name} must have at least {min_dim} dimension(s) (batch first), got shape {tuple(v.shape)}")
+    if v.numel() and not bool(torch.isfinite(v).all()):
+        raise ValueError(f"{name} contains NaN or inf")
+    return v
+
+
+def points_and_ref(x, ref) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check ``x`` (B, *shape) against ``ref`` (R, *shape); return both flattened to (B, d) and (R, d)."""
+    x = tensor("x", x)
+    ref = tensor("ref", ref)
+    if ref.shape[0] == 0:
+        raise ValueError("ref is empty: the reference set needs at least one point, got shape "
+                         f"{tuple(ref.shape)}")
+    if tuple(x.shape[1:]) != tuple(ref.shape[1:]):
+        raise ValueError(f"x and ref must share the per-point shape: x is {tuple(x.shape)} = (B, *shape), "
+                         f"ref is {tuple(ref.shape)} = (R, *shape)")
+    if x.device != ref.device:
+        raise ValueError(f"x and ref must be on the same device, got {x.device} and {ref.device}")
+    d = math.prod(x.shape[1:])
+    return x.reshape(x.shape[0], d), ref.reshape(ref.shape[0], d)
+
+
+def times(name: str, t, B: int, *, dtype: torch.dtype, device: torch.device, upper: float | None = None):
+    """``t`` as a (B,) tensor of ``dtype``: a positive finite Python number or a (B,) / 0-d tensor."""
+    if isinstance(t, torch.Tensor):
+        if not t.is_floating_point() and t.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"{name} must be a float or a floating-point (B,) tensor, got {t.dtype}")
+        if t.dim() == 0:
+            t = t.reshape(1).expand(B)
+        elif t.shape != (B,):
+            raise ValueError(f"{name} must be a float or a tensor of shape (B,) = ({B},), got {tuple(t.shape)}")
+        if t.device != device:
+            raise ValueError(f"{name} must be on {device} like x, got {t.device}")
+        t = t.to(dtype)
+        bad = ~torch.isfinite(t) | (t <= 0)
+        if upper is not None:
+            bad |= t > upper
+        if bool(bad.any()):
+            lim = f" and <= {upper}" if upper is not None else ""
+            raise ValueError(f"{name} must be finite and > 0{lim}; got {t[bad][:4].tolist()} at some entries")
+        return t.contiguous()
+    if isinstance(t, bool) or not isinstance(t, numbers.Real):
+        raise TypeError(f"{name} must be a float or a (B,) tensor, got {type(t).__name__}")
+    t = float(t)
+    if not math.isfinite(t) or t <= 0 or (upper is not None and t > upper):
+        lim = f" and <= {upper}" if upper is not None else ""
+        raise ValueError(f"{name} must be finite and > 0{lim}, got {t}")
+    return torch.full((B,), t, dtype=dtype, device=device)
+
+
+def choice(name: str, v, allowed) -> str:
+    if not isinstance(v, str):
+        raise TypeError(f"{name} must be a string, one of {list(allowed)}; got {type(v).__name__}")
+    if v not in allowed:
+        raise ValueError(f"unknown {name} {v!r}; expected one of {list(allowed)}")
+    return v

@@ -1,0 +1,140 @@
+"""Triton kernels of the field engine (MATH.md §4): attention with a distance logit, in two passes per chunk.
+
+1. ``_field_logits_kernel``: the distance GEMM x_c . y_c over d with the log-weight epilogue; it writes the
+   (B, N) log-weights relative to each (row, column tile)'s smallest distance, and per (row, tile) that
+   distance and the partial sums of exp and exp^2 (the row max / log-sum-exp, never rounding l itself).
+2. ``_field_wsum_kernel``: out = alpha * out + sum_j exp(l_ij - l_i*) y_j, the exponentials formed on the fly.
+
+Dot products are IEEE fp32 unless the launcher passes PRECISION="tf32" or "bf16" (explicit opt-in).
+"""
+import triton
+import triton.language as tl
+
+# log-weight kinds, as in fastflow/_logweights.py
+POISSON: tl.constexpr = tl.constexpr(0)
+GAUSSIAN: tl.constexpr = tl.constexpr(1)
+TANH: tl.constexpr = tl.constexpr(2)
+EXP: tl.constexpr = tl.constexpr(3)
+LOG2: tl.constexpr = tl.constexpr(0.6931471805599453)
+TINY: tl.constexpr = tl.constexpr(1.1754943508222875e-38)  # float32's smallest normal: clamps log s
+
+
+@triton.jit
+def _log1p(z):
+    """log(1 + z) to a few ulp for z >= 0, inf included (Goldberg): log(u) * z / (u - 1), u = fl(1 + z)."""
+    u = 1.0 + z
+    exact = u == 1.0
+    # past 2^24, z / (u - 1) is 1 in fp32; skipping it keeps z = inf (a far point) at log(u) = inf, not NaN
+    big = z > 16777216.0
+    return tl.where(exact, z, tl.where(big, tl.log(u), tl.log(u) * (z / tl.where(exact | big, 1.0, u - 1.0))))
+
+
+@triton.jit
+def _rel_log_weight(s, s0, t, KIND: tl.constexpr, p, q):
+    """l(s, t) - l(s0, t) for s >= s0 >= 0, never forming l itself (fastflow/_logweights.py: rel_log_weight)."""
+    if KIND == POISSON:
+        rel = -p * _log1p((s - s0) / (t * t + s0))
+    elif KIND == GAUSSIAN:
+        rel = -p * (s - s0) / (t * t)
+    else:
+        u = tl.sqrt(s) / t
+        u0 = tl.sqrt(s0) / t
+        if KIND == TANH:
+            # log sech^2(u) = -2 (u + log1p(e^{-2u}) - log 2): finite for every u >= 0
+            d_log_dpsi = -2.0 * ((u - u0) + _log1p(tl.exp(-2.0 * u)) - _log1p(tl.exp(-2.0 * u0)))
+        else:
+            d_log_dpsi = -(u - u0)
+        sc0 = tl.maximum(s0, TINY)
+        rel = d_log_dpsi - q * _log1p((tl.maximum(s, TINY) - sc0) / sc0)
+    return rel
+
+
+@triton.jit
+def _dot(a, b, acc, PRECISION: tl.constexpr):
+    if PRECISION == "bf16":
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
+    else:
+        return tl.dot(a, b, acc, input_precision=PRECISION)
+
+
+@triton.jit
+def _field_logits_kernel(
+    X, Y, CEN,              # x (B, D), y chunk (N, D), centre c (D,) fp32: distances use x - a c and y - c
+    T, A,                   # t (B,), a (B,) fp32
+    REL,                    # out: (B, N) fp32 l(s_ij) - l(s*_tile), s*_tile the tile's row minimum of s
+    SP, JP, LP, L2P,        # out: (B, n_col_tiles) fp32 s*_tile, int32 its column, sum exp(REL), sum exp(2 REL)
+    B, N, D,                # sizes
+    stride_xb, stride_yn,   # row strides of x and y (the columns are contiguous)
+    stride_lb, stride_pb,   # row strides of LOGITS and of the partial-stat buffers
+    p, q,                   # log-weight parameters (fp32)
+    KIND: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = rm < B
+    mask_n = rn < N
+    a = tl.load(A + rm, mask=mask_m, other=1.0)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    xn = tl.zeros((BLOCK_M,), dtype=tl.float32)  # ||x_i - a_i c||^2, from the same rounded values as the dot
+    yn = tl.zeros((BLOCK_N,), dtype=tl.float32)  # ||y_j - c||^2
+    for k0 in range(0, D, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        mask_k = rk < D
+        c = tl.load(CEN + rk, mask=mask_k, other=0.0)
+        xt = tl.load(X + rm[:, None] * stride_xb + rk[None, :], mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        yt = tl.load(Y + rn[:, None] * stride_yn + rk[None, :], mask=mask_n[:, None] & mask_k[None, :], other=0.0)
+        # centre in fp32 before the dot: cancellation in ||x||^2 + ||y||^2 - 2 x.y scales with ||x||^2
+        xt = xt.to(tl.float32) - a[:, None] * c[None, :]
+        yt = yt.to(tl.float32) - c[None, :]
+        acc = _dot(xt, tl.trans(yt), acc, PRECISION)
+        xn += tl.sum(xt * xt, axis=1)
+        yn += tl.sum(yt * yt, axis=1)
+    t = tl.load(T + rm, mask=mask_m, other=1.0)
+    s = xn[:, None] + (a * a)[:, None] * yn[None, :] - 2.0 * a[:, None] * acc
+    s = tl.maximum(s, 0.0)  # rounding can make a tiny distance negative
+    s_tile, j_tile = tl.min(tl.where(mask_n[None, :], s, float("inf")), axis=1, return_indices=True)
+    s = tl.where(mask_n[None, :], s, s_tile[:, None])  # padding columns: finite values, masked below
+    rel = _rel_log_weight(s, s_tile[:, None], t[:, None], KIND, p, q)
+    rel = tl.where(mask_n[None, :], rel, float("-inf"))
+    tl.store(REL + rm[:, None] * stride_lb + rn[None, :], rel, mask=mask_m[:, None] & mask_n[None, :])
+    e = tl.exp(rel)
+    tl.store(SP + rm * stride_pb + pid_n, s_tile, mask=mask_m)  # every kind decreases in s: the max weight
+    tl.store(JP + rm * stride_pb + pid_n, pid_n * BLOCK_N + j_tile, mask=mask_m)
+    tl.store(LP + rm * stride_pb + pid_n, tl.sum(e, axis=1), mask=mask_m)
+    tl.store(L2P + rm * stride_pb + pid_n, tl.sum(e * e, axis=1), mask=mask_m)
+
+
+@triton.jit
+def _field_wsum_kernel(
+    REL, SHIFT, ALPHA,      # (B, N) from the logits kernel; (B, n_col_tiles) l(s*_tile) - l(s*); (B,) rescale
+    Y, OUT,                 # y chunk (N, D) input dtype; out (B, D) fp32, updated in place
+    B, N, D,
+    stride_lb, stride_pb, stride_yn, stride_ob,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rd = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_m = rm < B
+    mask_d = rd < D
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        rn = n0 + tl.arange(0, BLOCK_N)
+        mask_n = rn < N
+        rel = tl.load(REL + rm[:, None] * stride_lb + rn[None, :],
+                      mask=mask_m[:, None] & mask_n[None, :], other=float("-inf"))
+        # BLOCK_N equals the logits kernel's: one shift per (row, column tile)
+        shift = tl.load(SHIFT + rm * stride_pb + n0 // BLOCK_N, mask=mask_m, other=0.0)
+        w = tl.exp(rel + shift[:, None])  # l(s_ij) - l(s*) <= 0: in [0, 1]
+        yt = tl.load(Y + rn[:, None] * stride_yn + rd[None, :], mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        acc = _dot(w, yt.to(tl.float32), acc, PRECISION)
+    alpha = tl.load(ALPHA + rm, mask=mask_m, other=0.0)
+    optr = OUT + rm[:, None] * stride_ob + rd[None, :]
+    omask = mask_m[:, None] & mask_d[None, :]
+    old = tl.load(optr, mask=omask, other=0.0)
+    tl.store(optr, old * alpha[:, None] + acc, mask=omask)

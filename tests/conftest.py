@@ -1,0 +1,32 @@
+"""Test configuration: Triton runs in interpreter mode on the CPU, and every test starts from a fixed seed.
+
+TRITON_INTERPRET must be set before triton is first imported (any @triton.jit decoration reads it).
+"""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from fastflow import _loader  # noqa: E402
+
+if _loader.has_triton():
+    # Decorate the kernels now, while TRITON_INTERPRET=1: a test that flips the variable later must not
+    # be the first to import them (triton picks interpreter or compiler at decoration time).
+    import fastflow.kernels.field  # noqa: E402, F401
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+def rel_err_rows(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """Worst row of ||out - ref|| / ||ref||, in float64 (STYLE.md §5)."""
+    out = out.reshape(out.shape[0], -1).double()
+    ref = ref.reshape(ref.shape[0], -1).double()
+    num = torch.linalg.vector_norm(out - ref, dim=1)
+    den = torch.linalg.vector_norm(ref, dim=1).clamp_min(1e-300)
+    return float((num / den).max()) if out.shape[0] else 0.0
