@@ -74,5 +74,7 @@ def rel_log_weight(s: torch.Tensor, s0: torch.Tensor, t: torch.Tensor, kind: int
         d_log_dpsi = -(u - u0)
     else:
         raise ValueError(f"unknown log-weight kind {kind}")
+    if q == 0:  # d = 1: no r^-(d-1) factor (and no 0 * inf when a far point meets an exact hit)
+        return d_log_dpsi
     sc0 = s0.clamp_min(tiny)
     return d_log_dpsi - q * torch.log1p((s.clamp_min(tiny) - sc0) / sc0)

@@ -45,7 +45,8 @@ def _rel_log_weight(s, s0, t, KIND: tl.constexpr, p, q):
         else:
             d_log_dpsi = -(u - u0)
         sc0 = tl.maximum(s0, TINY)
-        rel = d_log_dpsi - q * _log1p((tl.maximum(s, TINY) - sc0) / sc0)
+        # q = 0 (d = 1) must not meet log1p(inf) = inf (a far point next to an exact hit): 0 * inf is NaN
+        rel = d_log_dpsi - tl.where(q == 0.0, 0.0, q * _log1p((tl.maximum(s, TINY) - sc0) / sc0))
     return rel
 
 
@@ -76,6 +77,8 @@ def _field_logits_kernel(
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = rm < B
     mask_n = rn < N
+    rm64 = rm.to(tl.int64)  # row offsets in int64: N * D passes 2^31 at LSUN sizes (196608 * 16384)
+    rn64 = rn.to(tl.int64)
     a = tl.load(A + rm, mask=mask_m, other=1.0)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     xn = tl.zeros((BLOCK_M,), dtype=tl.float32)  # ||x_i - a_i c||^2, from the same rounded values as the dot
@@ -84,8 +87,8 @@ def _field_logits_kernel(
         rk = k0 + tl.arange(0, BLOCK_K)
         mask_k = rk < D
         c = tl.load(CEN + rk, mask=mask_k, other=0.0)
-        xt = tl.load(X + rm[:, None] * stride_xb + rk[None, :], mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        yt = tl.load(Y + rn[:, None] * stride_yn + rk[None, :], mask=mask_n[:, None] & mask_k[None, :], other=0.0)
+        xt = tl.load(X + rm64[:, None] * stride_xb + rk[None, :], mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        yt = tl.load(Y + rn64[:, None] * stride_yn + rk[None, :], mask=mask_n[:, None] & mask_k[None, :], other=0.0)
         # centre in fp32 before the dot: cancellation in ||x||^2 + ||y||^2 - 2 x.y scales with ||x||^2
         xt = xt.to(tl.float32) - a[:, None] * c[None, :]
         yt = yt.to(tl.float32) - c[None, :]
@@ -99,7 +102,7 @@ def _field_logits_kernel(
     s = tl.where(mask_n[None, :], s, s_tile[:, None])  # padding columns: finite values, masked below
     rel = _rel_log_weight(s, s_tile[:, None], t[:, None], KIND, p, q)
     rel = tl.where(mask_n[None, :], rel, float("-inf"))
-    tl.store(REL + rm[:, None] * stride_lb + rn[None, :], rel, mask=mask_m[:, None] & mask_n[None, :])
+    tl.store(REL + rm64[:, None] * stride_lb + rn[None, :], rel, mask=mask_m[:, None] & mask_n[None, :])
     e = tl.exp(rel)
     tl.store(SP + rm * stride_pb + pid_n, s_tile, mask=mask_m)  # every kind decreases in s: the max weight
     tl.store(JP + rm * stride_pb + pid_n, pid_n * BLOCK_N + j_tile, mask=mask_m)
@@ -122,19 +125,21 @@ def _field_wsum_kernel(
     rd = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_m = rm < B
     mask_d = rd < D
+    rm64 = rm.to(tl.int64)
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
         rn = n0 + tl.arange(0, BLOCK_N)
         mask_n = rn < N
-        rel = tl.load(REL + rm[:, None] * stride_lb + rn[None, :],
+        rel = tl.load(REL + rm64[:, None] * stride_lb + rn[None, :],
                       mask=mask_m[:, None] & mask_n[None, :], other=float("-inf"))
         # BLOCK_N equals the logits kernel's: one shift per (row, column tile)
         shift = tl.load(SHIFT + rm * stride_pb + n0 // BLOCK_N, mask=mask_m, other=0.0)
         w = tl.exp(rel + shift[:, None])  # l(s_ij) - l(s*) <= 0: in [0, 1]
-        yt = tl.load(Y + rn[:, None] * stride_yn + rd[None, :], mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        yt = tl.load(Y + rn.to(tl.int64)[:, None] * stride_yn + rd[None, :],
+                     mask=mask_n[:, None] & mask_d[None, :], other=0.0)
         acc = _dot(w, yt.to(tl.float32), acc, PRECISION)
     alpha = tl.load(ALPHA + rm, mask=mask_m, other=0.0)
-    optr = OUT + rm[:, None] * stride_ob + rd[None, :]
+    optr = OUT + rm64[:, None] * stride_ob + rd[None, :]
     omask = mask_m[:, None] & mask_d[None, :]
     old = tl.load(optr, mask=omask, other=0.0)
     tl.store(optr, old * alpha[:, None] + acc, mask=omask)

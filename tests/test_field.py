@@ -140,6 +140,19 @@ def test_near_duplicates_and_exact_hits(backend):
 
 
 @pytest.mark.parametrize("backend", FAST)
+def test_exact_hit_in_one_dimension(backend):
+    """d = 1 radial kinds (no r^-(d-1) term): an exact hit beside far points stays finite and exact."""
+    ref = torch.tensor([[10.0], [13.0], [5.0], [110.0]])
+    x = torch.tensor([[10.0], [13.0], [11.0]])
+    for name in ["tanh", "exp", "poisson1", "gaussian"]:
+        fam = FAMILIES[name]()
+        got = fam.posterior_mean(x, 0.01, ref, backend=backend)
+        want = fam.posterior_mean(x.double(), 0.01, ref.double(), backend="reference")
+        assert torch.isfinite(got).all()
+        assert rel_err_rows(got, want) <= TOL32
+
+
+@pytest.mark.parametrize("backend", FAST)
 def test_huge_dimension_tiny_problem(backend, monkeypatch):
     """d = 196608 (LSUN 256x256x3), B = 2, R = 3."""
     monkeypatch.setenv("FASTFLOW_TRITON_TILES", "BLOCK_M=16,BLOCK_N=16,BLOCK_K=8192,BLOCK_D=8192")
