@@ -2,10 +2,7 @@
 
 See README.md for a tour, ../shared/MATH.md for the mathematics and API.md for the contract.
 """
-try:  # TEMP until _ops lands
-    from . import _ops  # noqa: F401
-except ImportError:
-    pass
+from . import _ops  # noqa: F401  (fake implementations of the compiled ops, when the extension is built)
 from . import pfgm
 from ._loader import backends
 from .families import Family, Gaussian, Poisson, RadialCDF, RectifiedFlow

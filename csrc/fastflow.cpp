@@ -1,0 +1,53 @@
+// The extension module fastflow._C: the schemas of the fastflow:: operators, and a minimal Python module.
+//
+// Importing fastflow._C loads this library, whose static TORCH_LIBRARY / TORCH_LIBRARY_IMPL blocks register
+// the ops in torch.ops.fastflow; the kernels live in field_step.cpp (CPU) and cuda/field_step.cu (CUDA).
+// The module itself only says whether the CUDA kernels were compiled in (WITH_CUDA, read by
+// fastflow/_loader.py). It is written against Python's C API rather than pybind11 / <torch/extension.h>:
+// with that header this file takes 19 s to compile instead of 4 s, for one attribute.
+
+// Python.h must come before any standard header (it sets feature macros that they read).
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <torch/library.h>
+
+TORCH_LIBRARY(fastflow, m) {
+  // The fake (meta) implementations live in Python; torch requires this pointer to the module that registers
+  // them with torch.library.register_fake.
+  m.set_python_module("fastflow._ops");
+  // One streaming step of the field over the chunk of C reference points that starts at index `offset`
+  // (online_step_torch in fastflow/_field_torch.py): dots (B, C) is overwritten with the weights; smin, jmin
+  // (int64), l, l2 (B,) are updated in place; the returned alpha (B,) rescales the caller's running weighted sum.
+  m.def(
+      "field_step_(Tensor(a!) dots, Tensor xn, Tensor yn, Tensor t, Tensor a, Tensor(b!) smin, Tensor(c!) jmin, "
+      "Tensor(d!) l, Tensor(e!) l2, int offset, int kind, float p, float q) -> Tensor");
+}
+
+namespace {
+
+#ifdef WITH_CUDA
+constexpr bool kWithCuda = true;
+#else
+constexpr bool kWithCuda = false;
+#endif
+
+PyModuleDef fastflow_c_module = {
+    PyModuleDef_HEAD_INIT,
+    "fastflow._C",
+    "fastflow's compiled kernels; importing it registers the torch.ops.fastflow operators.",
+    -1,       // no per-module state
+    nullptr,  // no functions: the ops are called through torch.ops.fastflow
+};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__C(void) {
+  PyObject* module = PyModule_Create(&fastflow_c_module);
+  if (module == nullptr) return nullptr;
+  if (PyModule_AddObjectRef(module, "WITH_CUDA", kWithCuda ? Py_True : Py_False) < 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
+}

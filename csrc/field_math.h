@@ -1,0 +1,110 @@
+// The per-element math of fastflow::field_step_, shared by the CPU kernel (field_step.cpp) and the CUDA kernel
+// (cuda/field_step.cu) so that both transcribe fastflow/_logweights.py:rel_log_weight exactly once.
+//
+// Every function is C10_HOST_DEVICE and templated on the arithmetic type acc_t: the CPU kernel runs in double
+// for both input dtypes, the CUDA kernel in the input dtype (float for float32, as torch's own CUDA kernels do).
+#pragma once
+
+#include <math.h>
+
+#include <c10/macros/Macros.h>
+
+namespace fastflow {
+
+// The log-weight kinds of fastflow/_logweights.py.
+enum LogWeightKind : int { kPoisson = 0, kGaussian = 1, kTanh = 2, kExp = 3 };
+constexpr int kNumKinds = 4;
+
+// TINY of fastflow/_logweights.py: s is clamped at float32's smallest normal number inside log s in every dtype,
+// so that float32 and float64 give the same finite weight to a reference point that coincides with the query.
+constexpr double kTiny = 1.1754943508222875e-38;
+
+// float/double overloads of the C math functions: <cmath>'s std:: overloads are not all usable in device code,
+// while expf/exp, log1pf/log1p and sqrtf/sqrt exist on the host and on the device.
+C10_HOST_DEVICE inline float ff_exp(float x) { return expf(x); }
+C10_HOST_DEVICE inline double ff_exp(double x) { return exp(x); }
+C10_HOST_DEVICE inline float ff_expm1(float x) { return expm1f(x); }
+C10_HOST_DEVICE inline double ff_expm1(double x) { return expm1(x); }
+C10_HOST_DEVICE inline float ff_log(float x) { return logf(x); }
+C10_HOST_DEVICE inline double ff_log(double x) { return log(x); }
+C10_HOST_DEVICE inline float ff_log1p(float x) { return log1pf(x); }
+C10_HOST_DEVICE inline double ff_log1p(double x) { return log1p(x); }
+C10_HOST_DEVICE inline float ff_sqrt(float x) { return sqrtf(x); }
+C10_HOST_DEVICE inline double ff_sqrt(double x) { return sqrt(x); }
+
+// min that propagates NaN from either side, like torch.minimum and amin (fmin and std::min drop it).
+template <typename T>
+C10_HOST_DEVICE inline T nan_min(T a, T b) {
+  return (a < b || a != a) ? a : b;
+}
+
+// l(s, t) - l(s0, t) of one kind for one row (fixed s0, t), never forming l itself: the difference stays
+// accurate when l is large (at d = 3072, q log s ~ 7e3, and one ulp of l would be a 5e-4 relative error in
+// exp(l - l0) in float32). The constructor hoists everything that depends only on the row; operator() is the
+// per-element part. Each line mirrors rel_log_weight in fastflow/_logweights.py, operation for operation.
+template <int KIND, typename acc_t>
+struct RelLogWeight {
+  acc_t s0;    // the row's smallest squared distance (the reference point of the log-weights)
+  acc_t t;     // the row's time
+  acc_t np;    // -p
+  acc_t q;     // exponent of s in the radial kinds
+  acc_t tt;    // t * t
+  acc_t den;   // t * t + s0 (POISSON)
+  acc_t u0;    // sqrt(s0) / t (radial kinds)
+  acc_t g0;    // log1p(exp(-2 u0)) (TANH)
+  acc_t sc0;   // max(s0, TINY) (radial kinds)
+
+  C10_HOST_DEVICE RelLogWeight(acc_t s0_, acc_t t_, acc_t p, acc_t q_)
+      : s0(s0_), t(t_), np(-p), q(q_), tt(t_ * t_), den(t_ * t_ + s0_), u0(ff_sqrt(s0_) / t_), g0(0),
+        sc0(s0_ < acc_t(kTiny) ? acc_t(kTiny) : s0_) {
+    if constexpr (KIND == kTanh) g0 = ff_log1p(ff_exp(acc_t(-2) * u0));
+  }
+
+  // s >= s0 gives a value <= 0; NaN in s propagates.
+  C10_HOST_DEVICE acc_t operator()(acc_t s) const {
+    if constexpr (KIND == kPoisson) {
+      return np * ff_log1p((s - s0) / den);
+    } else if constexpr (KIND == kGaussian) {
+      return np * (s - s0) / tt;
+    } else {
+      const acc_t u = ff_sqrt(s) / t;
+      acc_t d_log_dpsi;
+      if constexpr (KIND == kTanh) {
+        // log sech^2(u) = -2 (u + log1p(exp(-2u)) - log 2): finite for every u >= 0 (log 2 cancels here)
+        d_log_dpsi = acc_t(-2) * ((u - u0) + ff_log1p(ff_exp(acc_t(-2) * u)) - g0);
+      } else {
+        d_log_dpsi = -(u - u0);
+      }
+      if (q == acc_t(0)) return d_log_dpsi;  // d = 1: no power of s
+      const acc_t sc = s < acc_t(kTiny) ? acc_t(kTiny) : s;  // clamp_min(TINY): a NaN s stays NaN
+      const acc_t gap = (sc - sc0) / sc0;
+      // The relative gap overflows in float when s* = 0 (a query on a reference point) and s > 4: log1p(inf)
+      // would give the weight 0, as the specification does in float32, where it is (s / TINY)^-q, which float32
+      // still represents for q <= 1 (d <= 3). log(sc) - log(sc0) is accurate there (the logs are far apart).
+      const acc_t log_ratio = isinf(gap) ? ff_log(sc) - ff_log(sc0) : ff_log1p(gap);
+      return d_log_dpsi - q * log_ratio;
+    }
+  }
+
+  // A squared distance beyond which (*this)(s) < e_min < 0 for certain, found by inverting the formula (for the
+  // radial kinds, each of the two terms, both <= 0 for s >= s0, bounds the sum); +inf where there is no bound.
+  // With e_min below the output dtype's underflow, the weights of all s > s_cut are exactly 0 and need no
+  // transcendentals: at d = 3072 that is most of a chunk. NaN parameters give NaN, which no comparison passes.
+  C10_HOST_DEVICE acc_t s_cut(acc_t e_min) const {
+    const acc_t inf = acc_t(1) / acc_t(0);
+    if constexpr (KIND == kPoisson) {
+      return np < 0 ? s0 + den * ff_expm1(e_min / np) : inf;  // np log1p((s - s0) / den) < e_min
+    } else if constexpr (KIND == kGaussian) {
+      return np < 0 ? s0 + tt * (e_min / np) : inf;  // np (s - s0) / tt < e_min
+    } else {
+      // d_log_dpsi < e_min: -(u - u0) for EXP; -2 ((u - u0) + log1p(e^{-2u}) - g0) <= -2 (u - u0) + 2 g0 for TANH
+      const acc_t u_cut = KIND == kTanh ? u0 + g0 - e_min / 2 : u0 - e_min;
+      const acc_t s_u = (t * u_cut) * (t * u_cut);
+      // -q log1p((sc - sc0) / sc0) < e_min, i.e. sc > sc0 exp(-e_min / q)
+      const acc_t s_q = q > 0 ? sc0 * ff_exp(-e_min / q) : inf;
+      return s_u < s_q ? s_u : s_q;
+    }
+  }
+};
+
+}  // namespace fastflow

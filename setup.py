@@ -1,0 +1,96 @@
+"""Builds the compiled extension ``fastflow._C``; the package metadata lives in pyproject.toml.
+
+The C++ sources (csrc/*.cpp) are always built. The CUDA sources (csrc/cuda/*.cu) are added when torch was built
+with CUDA and nvcc is found; environment switches:
+
+* ``FASTFLOW_SKIP_CUDA_BUILD=1``: build the C++ part only.
+* ``FASTFLOW_FORCE_CUDA=1``: build the CUDA part, and fail with the reason when it cannot be built instead of
+  falling back to the C++ part.
+* ``TORCH_CUDA_ARCH_LIST``: GPU architectures (default ``9.0``, H100/H200).
+
+torch must be importable when this runs: ``pip install --no-build-isolation -e .``.
+"""
+import glob
+import os
+
+from setuptools import setup
+
+try:
+    import torch
+except ImportError:
+    raise SystemExit(
+        "fastflow's setup.py needs torch to compile the extension fastflow._C, and torch is not importable. "
+        "Install torch first, then `pip install --no-build-isolation -e .` (without --no-build-isolation pip "
+        "builds in a fresh environment, whose torch may not match the one fastflow will run with)."
+    )
+from torch.utils import cpp_extension
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _sources(pattern: str) -> list[str]:
+    # setuptools wants source paths relative to the project root.
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+def _cuda_home() -> str | None:
+    """torch's CUDA_HOME (CUDA_HOME / CUDA_PATH, else the nvcc on PATH), else /usr/local/cuda if it exists."""
+    home = cpp_extension.CUDA_HOME or os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if home is None and os.path.isdir("/usr/local/cuda"):
+        home = "/usr/local/cuda"
+    return home
+
+
+def _cuda_build_problem() -> str | None:
+    """Why the CUDA sources cannot be built here, or None when they can."""
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} was built without CUDA"
+    home = _cuda_home()
+    if home is None:
+        return "no CUDA toolkit found (set CUDA_HOME)"
+    if not os.path.isfile(os.path.join(home, "bin", "nvcc")):
+        return f"nvcc not found in {home}/bin (set CUDA_HOME to the CUDA toolkit)"
+    return None
+
+
+def _build_cuda() -> bool:
+    skip, force = _env_flag("FASTFLOW_SKIP_CUDA_BUILD"), _env_flag("FASTFLOW_FORCE_CUDA")
+    if skip and force:
+        raise SystemExit("FASTFLOW_SKIP_CUDA_BUILD=1 and FASTFLOW_FORCE_CUDA=1 contradict each other: unset one.")
+    if skip:
+        return False
+    problem = _cuda_build_problem()
+    if problem is not None and force:
+        raise SystemExit(f"FASTFLOW_FORCE_CUDA=1, but the CUDA sources of fastflow._C cannot be built: {problem}.")
+    if problem is not None:
+        print(f"fastflow: building fastflow._C without CUDA ({problem}).")
+    return problem is None
+
+
+def get_extensions():
+    """The one extension module ``fastflow._C``: csrc/*.cpp, plus csrc/cuda/*.cu when CUDA can be built."""
+    sources = _sources("csrc/*.cpp")
+    # -fopenmp at compile and link time: at::parallel_for is a header template whose OpenMP pragma is compiled
+    # into this module (without it, the loops run on one thread); the libgomp it links against is the one torch
+    # has already loaded (same soname).
+    extra_compile_args = {"cxx": ["-O3", "-fopenmp"]}
+    extra_link_args = ["-fopenmp"]
+    if not _build_cuda():
+        return [CppExtension("fastflow._C", sources, extra_compile_args=extra_compile_args,
+                             extra_link_args=extra_link_args)]
+    # CUDAExtension and BuildExtension read torch's CUDA_HOME; fill it in when only the default path found one.
+    cpp_extension.CUDA_HOME = _cuda_home()
+    # Without an explicit list torch compiles for the visible GPU, or for every architecture when none is.
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+    # No --use_fast_math: its approximate exp/log and flush-to-zero would change the weights.
+    extra_compile_args["nvcc"] = ["-O3"]
+    return [CUDAExtension("fastflow._C", sources + _sources("csrc/cuda/*.cu"), define_macros=[("WITH_CUDA", None)],
+                          extra_compile_args=extra_compile_args, extra_link_args=extra_link_args)]
+
+
+setup(ext_modules=get_extensions(), cmdclass={"build_ext": BuildExtension})
