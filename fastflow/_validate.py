@@ -7,6 +7,15 @@ import numbers
 import torch
 
 
+def all_finite(v: torch.Tensor) -> bool:
+    """True when no element is NaN or inf. One reduction: a NaN or inf makes the sum NaN or inf; only when the
+    sum is not finite (which finite values can also cause, by overflow) are the elements checked one by one.
+    (torch.isfinite(v).all() alone is several passes with temporaries: 25% of a CPU field call.)"""
+    if v.numel() == 0 or bool(torch.isfinite(v.sum())):
+        return True
+    return bool(torch.isfinite(v).all())
+
+
 def tensor(name: str, v, *, min_dim: int = 1) -> torch.Tensor:
     """A finite floating-point tensor with at least ``min_dim`` dims, else TypeError / ValueError."""
     if not isinstance(v, torch.Tensor):
@@ -15,7 +24,7 @@ def tensor(name: str, v, *, min_dim: int = 1) -> torch.Tensor:
         raise TypeError(f"{name} must be a floating-point tensor (float16/bfloat16/float32/float64), got {v.dtype}")
     if v.dim() < min_dim:
         raise ValueError(f"{name} must have at least {min_dim} dimension(s) (batch first), got shape {tuple(v.shape)}")
-    if v.numel() and not bool(torch.isfinite(v).all()):
+    if not all_finite(v):
         raise ValueError(f"{name} contains NaN or inf")
     return v
 

@@ -86,7 +86,7 @@ def empirical_field(x2, t, ref2, *, a, params, log_weight_ref, backend=None, pre
 def check_finite(name: str, *tensors: torch.Tensor) -> None:
     """Raise instead of returning NaN or inf (API.md: nothing returns NaN silently)."""
     for v in tensors:
-        if not bool(torch.isfinite(v).all()):
+        if not V.all_finite(v):
             raise FloatingPointError(
                 f"{name}: the log-weights overflowed (non-finite result). t is too small for the distances "
                 "in this data (e.g. r^2 / t^2 beyond the float range); rescale the data or raise t."

@@ -33,10 +33,12 @@ def target(x, z, ref, *, gamma: float = 5.0, backend=None, precision="ieee", chu
         raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
     fam = Poisson(D=1)
     x2, zz, xbar, _, _, dtype = fam._field(x, z, ref, backend, precision, chunk_size)
-    E = torch.cat([xbar - x2.to(xbar.dtype), -zz[:, None]], dim=1)
-    d = x2.shape[1]
-    out = math.sqrt(d) * E / (torch.linalg.vector_norm(E, dim=1, keepdim=True) + gamma)
-    return out.to(dtype)
+    B, d = x2.shape
+    E = torch.empty(B, d + 1, dtype=xbar.dtype, device=xbar.device)
+    torch.sub(xbar, x2.to(xbar.dtype), out=E[:, :d])
+    E[:, d] = -zz
+    E.mul_(math.sqrt(d) / (torch.linalg.vector_norm(E, dim=1, keepdim=True) + gamma))
+    return E.to(dtype)
 
 
 __all__ = ["target"]
