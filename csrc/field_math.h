@@ -7,6 +7,9 @@
 
 #include <math.h>
 
+#include <cstdint>
+#include <type_traits>
+
 #include <c10/macros/Macros.h>
 
 namespace fastflow {
@@ -106,5 +109,17 @@ struct RelLogWeight {
     }
   }
 };
+
+// Calls f(std::integral_constant<int, KIND>{}) for the runtime kind, so that each kernel is instantiated once per
+// kind with the kind's branch resolved at compile time (host code; the caller has validated kind).
+template <typename F>
+inline void dispatch_kind(int64_t kind, F&& f) {
+  switch (kind) {
+    case kPoisson: f(std::integral_constant<int, kPoisson>{}); break;
+    case kGaussian: f(std::integral_constant<int, kGaussian>{}); break;
+    case kTanh: f(std::integral_constant<int, kTanh>{}); break;
+    default: f(std::integral_constant<int, kExp>{}); break;
+  }
+}
 
 }  // namespace fastflow

@@ -125,20 +125,9 @@ at::Tensor field_step_cpu(const at::Tensor& dots, const at::Tensor& xn, const at
               dots.device());
   at::Tensor alpha = at::empty_like(smin);
   AT_DISPATCH_FLOATING_TYPES(dots.scalar_type(), "fastflow::field_step_", [&] {
-    switch (kind) {
-      case kPoisson:
-        field_step_cpu_kernel<scalar_t, kPoisson>(dots, xn, yn, t, a, smin, jmin, l, l2, alpha, offset, p, q);
-        break;
-      case kGaussian:
-        field_step_cpu_kernel<scalar_t, kGaussian>(dots, xn, yn, t, a, smin, jmin, l, l2, alpha, offset, p, q);
-        break;
-      case kTanh:
-        field_step_cpu_kernel<scalar_t, kTanh>(dots, xn, yn, t, a, smin, jmin, l, l2, alpha, offset, p, q);
-        break;
-      default:  // kExp; check_field_step_args rejected anything else
-        field_step_cpu_kernel<scalar_t, kExp>(dots, xn, yn, t, a, smin, jmin, l, l2, alpha, offset, p, q);
-        break;
-    }
+    dispatch_kind(kind, [&](auto K) {
+      field_step_cpu_kernel<scalar_t, decltype(K)::value>(dots, xn, yn, t, a, smin, jmin, l, l2, alpha, offset, p, q);
+    });
   });
   return alpha;
 }

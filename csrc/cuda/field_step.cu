@@ -167,20 +167,9 @@ at::Tensor field_step_cuda(const at::Tensor& dots, const at::Tensor& xn, const a
   at::Tensor alpha = at::empty_like(smin);
   if (dots.size(0) == 0) return alpha;
   AT_DISPATCH_FLOATING_TYPES(dots.scalar_type(), "fastflow::field_step_", [&] {
-    switch (kind) {
-      case kPoisson:
-        launch<scalar_t, kPoisson>(dots, xn, yn, t, a, smin, jmin, l, l2, alpha, offset, p, q);
-        break;
-      case kGaussian:
-        launch<scalar_t, kGaussian>(dots, xn, yn, t, a, smin, jmin, l, l2, alpha, offset, p, q);
-        break;
-      case kTanh:
-        launch<scalar_t, kTanh>(dots, xn, yn, t, a, smin, jmin, l, l2, alpha, offset, p, q);
-        break;
-      default:  // kExp; check_field_step_args rejected anything else
-        launch<scalar_t, kExp>(dots, xn, yn, t, a, smin, jmin, l, l2, alpha, offset, p, q);
-        break;
-    }
+    dispatch_kind(kind, [&](auto K) {
+      launch<scalar_t, decltype(K)::value>(dots, xn, yn, t, a, smin, jmin, l, l2, alpha, offset, p, q);
+    });
   });
   return alpha;
 }
