@@ -46,7 +46,8 @@ def _rel_log_weight(s, s0, t, KIND: tl.constexpr, p, q):
             d_log_dpsi = -(u - u0)
         sc0 = tl.maximum(s0, TINY)
         # q = 0 (d = 1) must not meet log1p(inf) = inf (a far point next to an exact hit): 0 * inf is NaN
-        rel = d_log_dpsi - tl.where(q == 0.0, 0.0, q * _log1p((tl.maximum(s, TINY) - sc0) / sc0))
+        log_ratio = tl.where(q == 0.0, 0.0, _log1p((tl.maximum(s, TINY) - sc0) / sc0))
+        rel = d_log_dpsi - q * log_ratio
     return rel
 
 
