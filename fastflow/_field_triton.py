@@ -1,8 +1,9 @@
 """Launchers of the Triton field kernels (``fastflow.kernels.field``).
 
 Per chunk of N reference rows: ``_field_logits_kernel`` writes the (B, N) relative log-weights and per-tile
-partial stats; a few (B, n_tiles) torch ops merge them into the running minimum distance and sums; ``_field_wsum_kernel`` rescales the
-(B, d) fp32 accumulator and adds the chunk's weighted sum. Extra memory is O(B*N + (B + R) + B*d).
+partial stats; a few (B, n_tiles) torch ops merge them into the running minimum distance and sums;
+``_field_wsum_kernel`` rescales the (B, d) fp32 accumulator and adds the chunk's weighted sum.
+Extra memory is O(B*N + B*d + d).
 """
 from __future__ import annotations
 

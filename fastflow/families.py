@@ -33,12 +33,12 @@ class Family:
         """a_t of the path x_t = a_t x0 + noise: the field compares x with a_t * ref_j."""
         return torch.ones_like(t)
 
-    def _field(self, x, t, ref, backend, precision, chunk_size):
+    def _field(self, x, t, ref, backend, precision, chunk_size, t_name="t"):
         x2, ref2 = V.points_and_ref(x, ref)
         dtype = torch.promote_types(x2.dtype, ref2.dtype)
         x2, ref2 = x2.to(dtype), ref2.to(dtype)
         cdt = compute_dtype(dtype)
-        tt = V.times("t", t, x2.shape[0], dtype=cdt, device=x2.device, upper=self.t_max)
+        tt = V.times(t_name, t, x2.shape[0], dtype=cdt, device=x2.device, upper=self.t_max)
         d = x2.shape[1]
         if x2.shape[0] == 0:
             z = torch.zeros(0, dtype=cdt, device=x2.device)

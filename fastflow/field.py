@@ -20,6 +20,8 @@ import torch
 
 from . import _loader
 from . import _validate as V
+from ._field_reference import field_reference
+from ._field_torch import field_torch
 
 BACKENDS = ("reference", "torch", "triton")
 #: Dot-product precision. "ieee" (default) is true fp32; "tf32" and "bf16" are an explicit opt-in:
@@ -92,6 +94,3 @@ def check_finite(name: str, *tensors: torch.Tensor) -> None:
                 "in this data (e.g. r^2 / t^2 beyond the float range); rescale the data or raise t."
             )
 
-
-from ._field_reference import field_reference  # noqa: E402
-from ._field_torch import field_torch  # noqa: E402

@@ -32,7 +32,7 @@ def target(x, z, ref, *, gamma: float = 5.0, backend=None, precision="ieee", chu
     if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not math.isfinite(gamma) or gamma < 0:
         raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
     fam = Poisson(D=1)
-    x2, zz, xbar, _, _, dtype = fam._field(x, z, ref, backend, precision, chunk_size)
+    x2, zz, xbar, _, _, dtype = fam._field(x, z, ref, backend, precision, chunk_size, t_name="z")
     B, d = x2.shape
     E = torch.empty(B, d + 1, dtype=xbar.dtype, device=xbar.device)
     torch.sub(xbar, x2.to(xbar.dtype), out=E[:, :d])

@@ -9,6 +9,14 @@ from . import _validate as V
 from .families import Gaussian, Poisson
 
 
+def _sigma(sigma, x):
+    """sigma checked under its own name: a float, or a (B,) tensor in float64 (scaled by sqrt(D) next)."""
+    B = x.shape[0] if isinstance(x, torch.Tensor) and x.dim() >= 1 else 1
+    device = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
+    s = V.times("sigma", sigma, B, dtype=torch.float64, device=device)
+    return s if isinstance(sigma, torch.Tensor) else float(sigma)
+
+
 def pfgmpp_target(x, sigma, ref, *, D, backend=None, precision="ieee", chunk_size=None) -> torch.Tensor:
     """PFGM++ target: the posterior mean xbar under Poisson(D) weights at radius r = sigma * sqrt(D).
 
@@ -20,12 +28,9 @@ def pfgmpp_target(x, sigma, ref, *, D, backend=None, precision="ieee", chunk_siz
         (B, *shape) xbar, the regression target of a denoiser network trained on x0.
     """
     fam = Poisson(D=D)
-    if isinstance(sigma, torch.Tensor):
-        r = sigma * math.sqrt(D)
-    else:
-        V.times("sigma", sigma, 1, dtype=torch.float64, device=torch.device("cpu"))
-        r = float(sigma) * math.sqrt(D)
-    return fam.posterior_mean(x, r, ref, backend=backend, precision=precision, chunk_size=chunk_size)
+    x2, _, xbar, _, _, dtype = fam._field(x, _sigma(sigma, x) * math.sqrt(D), ref, backend, precision, chunk_size,
+                                          t_name="sigma * sqrt(D)")
+    return xbar.to(dtype).reshape(x.shape)
 
 
 def stf_target(x, sigma, ref, *, backend=None, precision="ieee", chunk_size=None) -> torch.Tensor:
@@ -37,4 +42,5 @@ def stf_target(x, sigma, ref, *, backend=None, precision="ieee", chunk_size=None
     Returns:
         (B, *shape) xbar.
     """
-    return Gaussian().posterior_mean(x, sigma, ref, backend=backend, precision=precision, chunk_size=chunk_size)
+    x2, _, xbar, _, _, dtype = Gaussian()._field(x, sigma, ref, backend, precision, chunk_size, t_name="sigma")
+    return xbar.to(dtype).reshape(x.shape)

@@ -68,7 +68,7 @@ def test_nan_and_inf_inputs(data, where):
     for bad in [math.nan, math.inf]:
         xx, rr, z = x.clone(), ref.clone(), torch.ones(4)
         {"x": xx, "ref": rr, "z": z}[where].view(-1)[1] = bad
-        name = "t" if where == "z" else where
+        name = where
         with pytest.raises(ValueError, match=name):
             fastflow.pfgm.target(xx, z, rr)
 
@@ -131,3 +131,13 @@ def test_backends_report():
         assert key in info
     assert "torch" in info["field_backends"] and "reference" in info["field_backends"]
     assert info["C"] == _loader.has_C()
+
+
+def test_targets_name_sigma(data):
+    x, ref = data
+    with pytest.raises(ValueError, match="sigma must be finite and > 0"):
+        fastflow.stf_target(x, -1.0, ref)
+    with pytest.raises(ValueError, match="sigma must be finite and > 0"):
+        fastflow.pfgmpp_target(x, torch.tensor([1.0, 0.0, 1.0, 1.0]), ref, D=128)
+    with pytest.raises(ValueError, match=r"sigma must be a float or a tensor of shape \(B,\)"):
+        fastflow.stf_target(x, torch.ones(5), ref)
