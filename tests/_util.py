@@ -1,4 +1,6 @@
 """Shared helpers for the tests (importable because pytest puts tests/ on sys.path via rootdir conftest)."""
+import os
+
 import torch
 
 from conftest import rel_err_rows  # noqa: F401
@@ -36,3 +38,14 @@ def make_problem(fam, B, R, d, t_rel, *, own=True, gen=None, dtype=torch.float32
         else:
             x = torch.rand(B, d, generator=gen, dtype=torch.float64) * 2 - 1
     return x.to(dtype), t, ref.to(dtype)
+
+
+#: Where the fast backends run: "cpu" (Triton under its interpreter), or "cuda" on a GPU machine with
+#: FASTFLOW_TEST_DEVICE=cuda (conftest then leaves TRITON_INTERPRET unset, so the kernels are compiled).
+DEVICE = torch.device(os.environ.get("FASTFLOW_TEST_DEVICE", "cpu"))
+
+
+def dev(*tensors):
+    """The tensors on DEVICE (the float64 references stay on the CPU)."""
+    out = tuple(v.to(DEVICE) if isinstance(v, torch.Tensor) else v for v in tensors)
+    return out if len(out) > 1 else out[0]

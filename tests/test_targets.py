@@ -6,7 +6,7 @@ import torch
 
 import fastflow
 from fastflow._official import pfgm_target_official
-from _util import make_problem, rel_err_rows
+from _util import dev, make_problem, rel_err_rows
 
 FAST = ["torch", "triton"]
 
@@ -32,10 +32,10 @@ def test_pfgm_target_matches_official_formula(d, shape, backend):
     want = pfgm_target_official(x, z, ref)
     assert want.shape == (7, d + 1)
     if backend == "reference":
-        got = fastflow.pfgm.target(x, z, ref, backend=backend)          # float64 all the way
+        got = fastflow.pfgm.target(x, z, ref, backend=backend)          # float64 all the way, on the CPU
         tol = 1e-6   # the official +1e-7 guards are the only difference
     else:
-        got = fastflow.pfgm.target(x.float(), z.float(), ref.float(), backend=backend)
+        got = fastflow.pfgm.target(*dev(x.float(), z.float(), ref.float()), backend=backend)
         tol = 1e-4
     err = rel_err_rows(got, want)
     print(f"pfgm.target d={d} {backend}: {err:.2e}")
@@ -61,12 +61,12 @@ def test_pfgmpp_target(backend):
         x, _, ref = make_problem(fam, B=5, R=17, d=63, t_rel=0.1)
         sigma = torch.tensor([0.02, 0.1, 0.5, 2.0, 20.0])
         want = fam.posterior_mean(x.double(), sigma.double() * math.sqrt(D), ref.double(), backend="reference")
-        got = fastflow.pfgmpp_target(x, sigma, ref, D=D, backend=backend)
+        got = fastflow.pfgmpp_target(*dev(x, sigma, ref), D=D, backend=backend)
         err = rel_err_rows(got, want)
         print(f"pfgmpp D={D} {backend}: {err:.2e}")
         assert err <= 1e-4
         # scalar sigma
-        got1 = fastflow.pfgmpp_target(x, 0.5, ref, D=D, backend=backend)
+        got1 = fastflow.pfgmpp_target(*dev(x, 0.5, ref), D=D, backend=backend)
         want1 = fam.posterior_mean(x.double(), 0.5 * math.sqrt(D), ref.double(), backend="reference")
         assert rel_err_rows(got1, want1) <= 1e-4
 
@@ -77,7 +77,7 @@ def test_stf_target(backend):
     x, _, ref = make_problem(fam, B=6, R=19, d=63, t_rel=0.1)
     sigma = torch.tensor([0.01, 0.1, 0.5, 1.0, 5.0, 80.0])
     want = fam.posterior_mean(x.double(), sigma.double(), ref.double(), backend="reference")
-    got = fastflow.stf_target(x, sigma, ref, backend=backend)
+    got = fastflow.stf_target(*dev(x, sigma, ref), backend=backend)
     err = rel_err_rows(got, want)
     print(f"stf {backend}: {err:.2e}")
     assert err <= 1e-4
