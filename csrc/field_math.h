@@ -53,12 +53,13 @@ struct RelLogWeight {
   acc_t q;     // exponent of s in the radial kinds
   acc_t tt;    // t * t
   acc_t den;   // t * t + s0 (POISSON)
+  acc_t r0;    // sqrt(s0) (radial kinds)
   acc_t u0;    // sqrt(s0) / t (radial kinds)
   acc_t g0;    // log1p(exp(-2 u0)) (TANH)
   acc_t sc0;   // max(s0, TINY) (radial kinds)
 
   C10_HOST_DEVICE RelLogWeight(acc_t s0_, acc_t t_, acc_t p, acc_t q_)
-      : s0(s0_), t(t_), np(-p), q(q_), tt(t_ * t_), den(t_ * t_ + s0_), u0(ff_sqrt(s0_) / t_), g0(0),
+      : s0(s0_), t(t_), np(-p), q(q_), tt(t_ * t_), den(t_ * t_ + s0_), r0(ff_sqrt(s0_)), u0(ff_sqrt(s0_) / t_), g0(0),
         sc0(s0_ < acc_t(kTiny) ? acc_t(kTiny) : s0_) {
     if constexpr (KIND == kTanh) g0 = ff_log1p(ff_exp(acc_t(-2) * u0));
   }
@@ -70,13 +71,17 @@ struct RelLogWeight {
     } else if constexpr (KIND == kGaussian) {
       return np * (s - s0) / tt;
     } else {
-      const acc_t u = ff_sqrt(s) / t;
+      const acc_t r = ff_sqrt(s);
+      const acc_t u = r / t;
+      // u - u0 from s - s0: at small t, u ~ 1e3 and the difference of the rounded u's would lose 3 digits
+      const acc_t r_sum = r + r0;
+      const acc_t du = r_sum > 0 ? (s - s0) / (t * r_sum) : acc_t(0);
       acc_t d_log_dpsi;
       if constexpr (KIND == kTanh) {
         // log sech^2(u) = -2 (u + log1p(exp(-2u)) - log 2): finite for every u >= 0 (log 2 cancels here)
-        d_log_dpsi = acc_t(-2) * ((u - u0) + ff_log1p(ff_exp(acc_t(-2) * u)) - g0);
+        d_log_dpsi = acc_t(-2) * (du + ff_log1p(ff_exp(acc_t(-2) * u)) - g0);
       } else {
-        d_log_dpsi = -(u - u0);
+        d_log_dpsi = -du;
       }
       if (q == acc_t(0)) return d_log_dpsi;  // d = 1: no power of s
       const acc_t sc = s < acc_t(kTiny) ? acc_t(kTiny) : s;  // clamp_min(TINY): a NaN s stays NaN

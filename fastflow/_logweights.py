@@ -67,11 +67,15 @@ def rel_log_weight(s: torch.Tensor, s0: torch.Tensor, t: torch.Tensor, kind: int
     if kind == GAUSSIAN:
         return -p * (s - s0) / (t * t)
     tiny = TINY
-    u, u0 = torch.sqrt(s) / t, torch.sqrt(s0) / t
+    r, r0 = torch.sqrt(s), torch.sqrt(s0)
+    u, u0 = r / t, r0 / t
+    # u - u0 from s - s0: at small t, u ~ 1e3 and the difference of the rounded u's would lose 3 digits
+    r_sum = r + r0
+    du = torch.where(r_sum > 0, (s - s0) / (t * r_sum), torch.zeros_like(r_sum))
     if kind == TANH:
-        d_log_dpsi = -2.0 * ((u - u0) + torch.log1p(torch.exp(-2.0 * u)) - torch.log1p(torch.exp(-2.0 * u0)))
+        d_log_dpsi = -2.0 * (du + torch.log1p(torch.exp(-2.0 * u)) - torch.log1p(torch.exp(-2.0 * u0)))
     elif kind == EXP:
-        d_log_dpsi = -(u - u0)
+        d_log_dpsi = -du
     else:
         raise ValueError(f"unknown log-weight kind {kind}")
     if q == 0:  # d = 1: no r^-(d-1) factor (and no 0 * inf when a far point meets an exact hit)

@@ -37,13 +37,17 @@ def _rel_log_weight(s, s0, t, KIND: tl.constexpr, p, q):
     elif KIND == GAUSSIAN:
         rel = -p * (s - s0) / (t * t)
     else:
-        u = tl.sqrt(s) / t
-        u0 = tl.sqrt(s0) / t
+        r = tl.sqrt(s)
+        r0 = tl.sqrt(s0)
+        u = r / t
+        # u - u0 from s - s0: at small t, u ~ 1e3 and the difference of the rounded u's would lose 3 digits
+        r_sum = r + r0
+        du = tl.where(r_sum > 0.0, (s - s0) / (t * tl.where(r_sum > 0.0, r_sum, 1.0)), 0.0)
         if KIND == TANH:
             # log sech^2(u) = -2 (u + log1p(e^{-2u}) - log 2): finite for every u >= 0
-            d_log_dpsi = -2.0 * ((u - u0) + _log1p(tl.exp(-2.0 * u)) - _log1p(tl.exp(-2.0 * u0)))
+            d_log_dpsi = -2.0 * (du + _log1p(tl.exp(-2.0 * u)) - _log1p(tl.exp(-2.0 * r0 / t)))
         else:
-            d_log_dpsi = -(u - u0)
+            d_log_dpsi = -du
         sc0 = tl.maximum(s0, TINY)
         # q = 0 (d = 1) must not meet log1p(inf) = inf (a far point next to an exact hit): 0 * inf is NaN
         log_ratio = tl.where(q == 0.0, 0.0, _log1p((tl.maximum(s, TINY) - sc0) / sc0))

@@ -23,23 +23,24 @@ def _errors(got, stats, want, want_stats):
     return err, ln, ess
 
 
-def _check(fam, x, t, ref, backend, tol=TOL32, small_t=False, check_stats=True, **kw):  # noqa: C901
+def _check(fam, x, t, ref, backend, tol=TOL32, small_t=False, check_stats=True, fp32_rule=False, **kw):
     """Compare with the float64 reference.
 
     Bounds: xbar 1e-4; log_norm 1e-4 and ess 1e-3 (2e-2 for ``small_t``, t below ~0.1 of the data scale, where
-    the side outputs inherit the fp32 distance error of the nearest points). Where fp32 itself is ill-conditioned
-    (far queries at t << data scale: a relative distance error of 6e-8 times r/t ~ 1e3; near-duplicates, whose
-    split of the weight is not determined in fp32), flash-attention's rule applies instead: within 2x the error
-    of a plain fp32 direct-difference computation.
+    the side outputs inherit the fp32 distance error of the nearest points). Where fp32 itself is ill-conditioned,
+    for queries far from the data (a relative distance error of 6e-8 times an amplification r/t ~ 1e3 at small t,
+    or q = (d-1)/2 ~ 1.5e3 for the radial kinds at d = 3072), a test may ask for flash-attention's rule instead
+    (``fp32_rule``): within 2x the error of a plain fp32 direct-difference computation, when that is larger.
     """
     want, st = fam.posterior_mean(x.double(), t, ref.double(), backend="reference", return_stats=True)
     got, s2 = fam.posterior_mean(*dev(x, t, ref), backend=backend, return_stats=True, **kw)
     s2 = type(s2)(s2.log_norm.cpu(), s2.ess.cpu())
     assert got.shape == x.shape and got.dtype == x.dtype
-    plain, s32 = fam.posterior_mean(x.float(), t, ref.float(), backend="reference", return_stats=True)
     errs = _errors(got, s2, want, st)
     bounds = [tol, 2e-2 if small_t else 1e-4, 2e-2 if small_t else 1e-3]
-    bounds = [max(b, 2 * e) for b, e in zip(bounds, _errors(plain, s32, want, st))]
+    if fp32_rule:
+        plain, s32 = fam.posterior_mean(x.float(), t, ref.float(), backend="reference", return_stats=True)
+        bounds = [max(b, 2 * e) for b, e in zip(bounds, _errors(plain, s32, want, st))]
     print(f"{fam} {backend} B={x.shape[0]} R={ref.shape[0]} d={x[0].numel()} t={t:.3g}: " + "  ".join(
         f"{n} {e:.2e} (bound {b:.1e})" for n, e, b in zip(["xbar", "log_norm", "ess"], errs, bounds)))
     assert torch.isfinite(s2.ess).all() and (s2.ess >= 1 - 1e-4).all() and (s2.ess <= ref.shape[0] * (1 + 1e-4)).all()
@@ -74,7 +75,7 @@ def test_t_sweep_queries_far_from_data(name, d, backend):
     fam = FAMILIES[name]()
     for t_rel in RF_T if name == "rf" else T_GRID:
         x, t, ref = make_problem(fam, B=5, R=11, d=d, t_rel=t_rel, own=False)
-        _check(fam, x, t, ref, backend, small_t=t_rel < 0.1)
+        _check(fam, x, t, ref, backend, small_t=t_rel < 0.1, fp32_rule=True)
 
 
 @pytest.mark.parametrize("backend", FAST)
@@ -88,7 +89,7 @@ def test_far_queries_d3072(name, backend):
     fam = FAMILIES[name]()
     for t_rel in [0.1, 1.0, 10.0, 1e3]:
         x, t, ref = make_problem(fam, B=5, R=11, d=3072, t_rel=t_rel, own=False)
-        _check(fam, x, t, ref, backend)
+        _check(fam, x, t, ref, backend, fp32_rule=True)
 
 
 @pytest.mark.parametrize("backend", FAST)
