@@ -39,3 +39,48 @@ def pfgm_target_official(x: torch.Tensor, z: torch.Tensor, ref: torch.Tensor, ga
     gt_direction /= gt_norm.view(-1, 1) + gamma
     gt_direction *= np.sqrt(data_dim)
     return gt_direction
+
+
+def pfgm_perturb_official(x0: torch.Tensor, M: float = 291, tau: float = 0.03, sigma_end: float = 0.01,
+                          restrict_M: bool = True, generator: torch.Generator | None = None):
+    """PFGM's training perturbation as the official code draws it: a reference of record for two-sample KS tests.
+
+    Ported line by line from github.com/Newbeeer/Poisson_flow: ``m = torch.rand(B) * sde.M`` in losses.py's
+    poisson loss, then ``forward_pz`` in models/utils_poisson.py. Random draws come in the official order
+    (m; z; the restricted m; the noise whose norm sets the radius; the Gaussian whose direction is used).
+    Changes that leave the law alone: every draw takes ``generator`` and x0's device and dtype, z is (B,) rather
+    than (B, 1, 1, 1), and ``.squeeze()`` is a reshape (so that B = 1 works).
+
+    Args:
+        x0: (B, *shape) data points (the official ``samples_batch``).  M, tau, sigma_end, restrict_M: the official
+        config.training.M, config.training.tau, config.model.sigma_end and config.training.restrict_M.
+
+    Returns:
+        x: (B, *shape) perturbed points; z: (B,) their augmented coordinate (the official output's last column).
+    """
+    samples_batch = x0
+    dev, dt = x0.device, x0.dtype
+    m = torch.rand((samples_batch.shape[0],), device=dev, dtype=dt, generator=generator) * M
+    z = torch.randn((len(samples_batch),), device=dev, dtype=dt, generator=generator) * sigma_end
+    z = z.abs()
+    # Confine the norms of perturbed data (Appendix B.1.1 of the PFGM paper): the test is on |z|
+    if restrict_M:
+        idx = (z < 0.005).reshape(-1)
+        num = int(idx.int().sum())
+        restrict_m = int(M * 0.7)
+        m[idx] = torch.rand((num,), device=dev, dtype=dt, generator=generator) * restrict_m
+    data_dim = samples_batch[0].numel()
+    multiplier = (1 + tau) ** m
+    noise = torch.randn(samples_batch.shape, device=dev, dtype=dt, generator=generator)
+    noise = noise.reshape(len(samples_batch), -1) * sigma_end
+    norm_m = torch.norm(noise, p=2, dim=1) * multiplier
+    # Perturb z
+    perturbed_z = z.reshape(-1) * multiplier
+    # Sample uniform angle
+    gaussian = torch.randn(len(samples_batch), data_dim, device=dev, dtype=dt, generator=generator)
+    unit_gaussian = gaussian / torch.norm(gaussian, p=2, dim=1, keepdim=True)
+    # Construct the perturbation for x
+    perturbation_x = unit_gaussian * norm_m[:, None]
+    perturbation_x = perturbation_x.view_as(samples_batch)
+    perturbed_x = samples_batch + perturbation_x
+    return perturbed_x, perturbed_z

@@ -79,3 +79,71 @@ def choice(name: str, v, allowed) -> str:
     if v not in allowed:
         raise ValueError(f"unknown {name} {v!r}; expected one of {list(allowed)}")
     return v
+
+
+def number(name: str, v, *, lower: float = 0.0, strict: bool = True) -> float:
+    """A finite real Python number > ``lower`` (>= with ``strict=False``), as a float."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+    v = float(v)
+    if not math.isfinite(v) or (v <= lower if strict else v < lower):
+        raise ValueError(f"{name} must be finite and {'>' if strict else '>='} {lower:g}, got {v}")
+    return v
+
+
+def flag(name: str, v) -> bool:
+    if not isinstance(v, bool):
+        raise TypeError(f"{name} must be a bool, got {type(v).__name__}")
+    return v
+
+
+def count(name: str, n) -> int:
+    """A number of samples: a non-negative Python int."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(n).__name__}")
+    if n < 0:
+        raise ValueError(f"{name} must be >= 0, got {n}")
+    return int(n)
+
+
+def point_shape(name: str, shape) -> tuple[int, ...]:
+    """The per-point shape of drawn samples: an int or a sequence of positive ints (() for scalar points)."""
+    if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
+        shape = (shape,)
+    if not isinstance(shape, (tuple, list, torch.Size)) or not all(
+            isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in shape):
+        raise TypeError(f"{name} must be an int or a tuple of ints (the per-point shape), got {shape!r}")
+    if any(s < 1 for s in shape):
+        raise ValueError(f"{name} must have positive sizes (at least one element per point), got {tuple(shape)}")
+    return tuple(int(s) for s in shape)
+
+
+def float_dtype(name: str, dtype) -> torch.dtype:
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point torch.dtype (float16/bfloat16/float32/float64), "
+                        f"got {dtype!r}")
+    return dtype
+
+
+def generator(name: str, gen, device: torch.device):
+    """None, or a torch.Generator on ``device``'s type (it draws there)."""
+    if gen is None:
+        return None
+    if not isinstance(gen, torch.Generator):
+        raise TypeError(f"{name} must be a torch.Generator or None, got {type(gen).__name__}")
+    if gen.device.type != device.type:
+        raise ValueError(f"{name} must be on the device it draws on ({device.type}), got a {gen.device.type} "
+                         "generator")
+    return gen
+
+
+def sample_device(device, gen) -> torch.device:
+    """Where drawn samples go: ``device``; else the generator's device; else torch's default device."""
+    if device is not None:
+        try:
+            return torch.device(device)
+        except (TypeError, RuntimeError) as e:
+            raise TypeError(f"device must be a torch.device or a device string, got {device!r}") from e
+    if isinstance(gen, torch.Generator):
+        return gen.device
+    return torch.get_default_device()

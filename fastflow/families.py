@@ -1,7 +1,9 @@
-"""The ODE constructions of MATH.md §3, each with its exact empirical field.
+"""The ODE constructions of MATH.md §3, each with its exact empirical field and its exact draws.
 
 Every family has the velocity f_t(x) = (x - xbar(x, t)) / t, where xbar = E[x0 | x_t = x] under the
 empirical distribution of a reference set; only the log-weight l(r^2, t) of reference point j changes.
+Every family's perturbation is x_t = a_t x0 + t rho g with g ~ N(0, I_d) and one radius factor rho per row
+(:mod:`fastflow.sampling`); its prior is T rho g.
 """
 from __future__ import annotations
 
@@ -12,14 +14,20 @@ import torch
 
 from . import _logweights as LW
 from . import _validate as V
+from . import sampling as S
 from .field import FieldStats, check_finite, compute_dtype, empirical_field
 
 
 class Family:
-    """Base class: validation, dispatch to the field engine and the velocity. Subclasses give the weights."""
+    """Base class: validation, dispatch to the field engine, the velocity and the exact draws.
+
+    Subclasses give the weights (``_params``, ``_log_weight_ref``) and the draws' radius factor (``_radius_factor``).
+    """
 
     #: largest allowed t (None: unbounded)
     t_max: float | None = None
+    #: whether the noise is rho * g / ||g|| (radius rho, uniform direction) rather than rho * g
+    _unit_noise: bool = False
 
     def _params(self, d: int) -> tuple[int, float, float]:
         """(kind, p, q) of :mod:`fastflow._logweights` for dimension d."""
@@ -32,6 +40,90 @@ class Family:
     def _scale(self, t: torch.Tensor) -> torch.Tensor:
         """a_t of the path x_t = a_t x0 + noise: the field compares x with a_t * ref_j."""
         return torch.ones_like(t)
+
+    def _radius_factor(self, n: int, generator, device) -> torch.Tensor:
+        """(n,) float64 radius factors rho of the noise t * rho * g: 1 unless the family draws one."""
+        return torch.ones(n, dtype=torch.float64, device=device)
+
+    def _prior_scale(self, T: torch.Tensor) -> torch.Tensor:
+        """The noise scale of the prior: T (the law of x_T without the data term)."""
+        return T
+
+    def _draw(self, x0, a, b, n, d, generator, device, dtype) -> torch.Tensor:
+        """(n, d) rows a * x0 + b * rho * g (g / ||g|| for ``_unit_noise``), in the draw dtype; x0=None: b rho g.
+
+        a, b: (n,) float64.  x0: (n, d) or None.  dtype: the output dtype (drawn in S.draw_dtype(dtype)).
+        """
+        ddt = S.draw_dtype(dtype)
+        rho = self._radius_factor(n, generator, device)
+        if self._unit_noise:
+            g, norm = S.nonzero_normal(n, d, generator=generator, device=device, dtype=ddt)
+            rho = rho / norm
+        else:
+            g = S.normal(n, d, generator=generator, device=device, dtype=ddt)
+        x = g.mul_((b * rho).to(ddt)[:, None])
+        if x0 is not None:
+            x.addcmul_(x0.to(ddt), a.to(ddt)[:, None])
+        return x
+
+    def _finish(self, x, dtype, shape, what) -> torch.Tensor:
+        """Round once to ``dtype``, refusing inf (heavy tails overflow float16 at 65504), and reshape."""
+        out = x.to(dtype)
+        if not V.all_finite(out):
+            raise FloatingPointError(
+                f"{self!r}.{what}: the draw overflows {dtype} (a heavy-tailed radius beyond its range); "
+                "draw in float32 or float64")
+        return out.reshape(shape)
+
+    def perturb(self, x0: torch.Tensor, t, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A draw x_t ~ p_t(. | x0) for each row (MATH.md §3): x_t = a_t x0 + t rho g, g ~ N(0, I_d).
+
+        Poisson(D): rho = 1 / ||h||, h ~ N(0, I_D).  Gaussian: rho = 1.  RadialCDF: rho g = Psi^{-1}(U) g / ||g||.
+        RectifiedFlow: a_t = 1 - t, rho = 1.  (a_t = 1 for the others.)
+
+        Args:
+            x0: (B, *shape) data points.
+            t: float or (B,) tensor > 0 (<= 1 for RectifiedFlow): each row's time.
+            generator: a torch.Generator on x0's device, or None for that device's default generator.
+
+        Returns:
+            (B, *shape) in x0's dtype; float16/bfloat16 are drawn in float32 and rounded once.
+        """
+        x0 = V.tensor("x0", x0)
+        B, d = x0.shape[0], math.prod(x0.shape[1:])
+        if d == 0:
+            raise ValueError(f"x0 must have at least one element per point, got shape {tuple(x0.shape)}")
+        V.generator("generator", generator, x0.device)
+        tt = V.times("t", t, B, dtype=torch.float64, device=x0.device, upper=self.t_max)
+        x = self._draw(x0.reshape(B, d), self._scale(tt), tt, B, d, generator, x0.device, x0.dtype)
+        return self._finish(x, x0.dtype, x0.shape, "perturb")
+
+    def prior(self, n: int, shape, *, T, generator: torch.Generator | None = None, device=None,
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """n draws of x_T from the prior (MATH.md §3): T rho g, the perturbation at t = T without the data term.
+
+        Poisson(D): multivariate Student-t (nu = D, scale T / sqrt(D)); D = 1 is PFGM's multivariate Cauchy.
+        Gaussian: N(0, T^2 I).  RadialCDF: radius T Psi^{-1}(U) in a uniform direction.
+        RectifiedFlow: N(0, I) whatever T (T is still checked to be in (0, 1]).
+
+        Args:
+            n: number of points (>= 0).  shape: the per-point shape (an int or a tuple; () for scalars).
+            T: float or (n,) tensor > 0, the prior time.
+            generator: a torch.Generator on ``device``, or None.
+            device: where to draw; None: the generator's device, else torch's default device.
+            dtype: output dtype; float16/bfloat16 are drawn in float32 and rounded once.
+
+        Returns:
+            (n, *shape) tensor of ``dtype``.
+        """
+        n = V.count("n", n)
+        shape = V.point_shape("shape", shape)
+        dtype = V.float_dtype("dtype", dtype)
+        device = V.sample_device(device, generator)
+        V.generator("generator", generator, device)
+        TT = V.times("T", T, n, dtype=torch.float64, device=device, upper=self.t_max)
+        x = self._draw(None, None, self._prior_scale(TT), n, math.prod(shape), generator, device, dtype)
+        return self._finish(x, dtype, (n,) + shape, "prior")
 
     def _field(self, x, t, ref, backend, precision, chunk_size, t_name="t"):
         x2, ref2 = V.points_and_ref(x, ref)
@@ -94,6 +186,10 @@ class Poisson(Family):
     def __repr__(self):
         return f"Poisson(D={self.D})"
 
+    def _radius_factor(self, n, generator, device):
+        # rho = 1 / ||h||, h ~ N(0, I_D): ||x - x0||^2 / t^2 = ||g||^2 / ||h||^2 ~ BetaPrime(d/2, D/2)
+        return S.chi(n, self.D, generator=generator, device=device).reciprocal_()
+
     def _params(self, d):
         return LW.POISSON, (d + self.D) / 2.0, 0.0
 
@@ -131,8 +227,14 @@ class RadialCDF(Family):
     def __init__(self, name: str = "tanh"):
         self.name = V.choice("RadialCDF name", name, tuple(self._LOG_DPSI))
 
+    _unit_noise = True
+
     def __repr__(self):
         return f"RadialCDF({self.name!r})"
+
+    def _radius_factor(self, n, generator, device):
+        # ||x - x0|| / t = Psi^{-1}(U) has the CDF Psi
+        return S.inverse_radial_cdf(n, self.name, generator=generator, device=device)
 
     def _params(self, d):
         return (LW.TANH if self.name == "tanh" else LW.EXP), 0.0, (d - 1) / 2.0
@@ -162,6 +264,10 @@ class RectifiedFlow(Family):
 
     def _scale(self, t):
         return 1.0 - t
+
+    def _prior_scale(self, T):
+        # the prior is x_1 = eps ~ N(0, I), whatever T
+        return torch.ones_like(T)
 
     def _params(self, d):
         return LW.GAUSSIAN, 0.5, 0.0

@@ -1,7 +1,10 @@
-"""PFGM's recipe (MATH.md §5), drop-in for the official implementation's training target.
+"""PFGM's recipe (MATH.md §5), drop-in for the official implementation (github.com/Newbeeer/Poisson_flow).
 
-The official code builds a [B, R, d+1] tensor for the target (6.4 GB at B=128, R=4096, d=3072);
-:func:`target` streams over the reference set instead, in O((B + R) d) memory.
+- :func:`perturb`: the training perturbation (official ``forward_pz``), same law.
+- :func:`target`: the training target. The official code builds a [B, R, d+1] tensor for it (6.4 GB at
+  B=128, R=4096, d=3072); :func:`target` streams over the reference set instead, in O((B + R) d) memory.
+- :func:`prior`: the prior on the plane z = z_max, exact by default, or clipped as the official code does.
+- :func:`hyperparameters`: the official M, z_max and upper_norm for a dataset.
 """
 from __future__ import annotations
 
@@ -11,7 +14,9 @@ import numbers
 import torch
 
 from . import _validate as V
+from . import sampling as S
 from .families import Poisson
+from .field import compute_dtype
 
 
 def target(x, z, ref, *, gamma: float = 5.0, backend=None, precision="ieee", chunk_size=None):
@@ -41,4 +46,136 @@ def target(x, z, ref, *, gamma: float = 5.0, backend=None, precision="ieee", chu
     return E.to(dtype)
 
 
-__all__ = ["target"]
+#: The official restrict_M rule (forward_pz): a sample whose |z| (before the (1+tau)^m factor) is below this
+#: threshold redraws its exponent m from U[0, int(0.7 M)].
+RESTRICT_Z = 0.005
+RESTRICT_FRACTION = 0.7
+
+
+def perturb(x0, *, M: float = 291, tau: float = 0.03, sigma_end: float = 0.01, restrict_M: bool = True,
+            generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """PFGM's training perturbation (official ``forward_pz``): x = x0 + (1+tau)^m eps, z = (1+tau)^m |s| sigma_end.
+
+    m ~ U[0, M]; s ~ N(0, 1); eps ~ N(0, sigma_end^2 I_d). With ``restrict_M``, every sample whose |s| sigma_end
+    < 0.005 redraws m ~ U[0, int(0.7 M)] (the official code tests z after taking its absolute value, and
+    truncates 0.7 M to an int: 203 for M = 291).
+
+    The official code writes the x perturbation as ||eps|| (1+tau)^m u with a second Gaussian for the uniform
+    direction u; ||eps|| u has the law of eps itself (a Gaussian's norm and direction are independent), so one
+    Gaussian draw gives the same law.
+
+    Args:
+        x0: (B, *shape) data points.
+        M: the largest exponent (> 0).  tau: the base's excess (1 + tau), > 0.  sigma_end: the noise scale, > 0.
+        restrict_M: apply the official restriction of m for small z.
+        generator: a torch.Generator on x0's device, or None.
+
+    Returns:
+        x: (B, *shape) in x0's dtype (float16/bfloat16 drawn in float32 and rounded once).
+        z: (B,) > 0, in float64 for float64 x0, else float32: z spans ~1e-8 to 1e2 and float16 would flush its
+        small end to 0. (z is clamped to the dtype's smallest normal, which only a |s| < 1e-36 would reach.)
+    """
+    x0 = V.tensor("x0", x0)
+    M = V.number("M", M)
+    tau = V.number("tau", tau)
+    sigma_end = V.number("sigma_end", sigma_end)
+    restrict_M = V.flag("restrict_M", restrict_M)
+    B, d = x0.shape[0], math.prod(x0.shape[1:])
+    if d == 0:
+        raise ValueError(f"x0 must have at least one element per point, got shape {tuple(x0.shape)}")
+    dev = x0.device
+    V.generator("generator", generator, dev)
+    z = S.chi(B, 1, generator=generator, device=dev).mul_(sigma_end)        # |N(0, sigma_end^2)|
+    m = S.uniform(B, generator=generator, device=dev).mul_(M)
+    if restrict_M:
+        m_small = S.uniform(B, generator=generator, device=dev).mul_(int(M * RESTRICT_FRACTION))
+        m = torch.where(z < RESTRICT_Z, m_small, m)
+    mult = torch.pow(1.0 + tau, m)
+    ddt = S.draw_dtype(x0.dtype)
+    x = S.normal(B, d, generator=generator, device=dev, dtype=ddt)
+    x.mul_((sigma_end * mult).to(ddt)[:, None]).add_(x0.reshape(B, d))
+    cdt = compute_dtype(x0.dtype)
+    zz = (z * mult).to(cdt).clamp_min_(torch.finfo(cdt).tiny)
+    return x.to(x0.dtype).reshape(x0.shape), zz
+
+
+def prior(n: int, shape, *, z_max, upper_norm: float | None = None, generator: torch.Generator | None = None,
+          device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Points on the plane z = z_max: radius r = z_max ||g|| / |s| in a uniform direction (MATH.md §5).
+
+    (r / z_max)^2 = ||g||^2 / s^2 ~ BetaPrime(d/2, 1/2), i.e. r = z_max sqrt(u / (1-u)) with u ~ Beta(d/2, 1/2)
+    as in the official code, drawn without the beta: in float32 that beta rounds to 1 (an infinite radius)
+    in ~0.8% of draws at d = 3072.
+
+    Args:
+        n: number of points (>= 0).  shape: the per-point shape (an int or a tuple).
+        z_max: float or (n,) tensor > 0, the plane's height.
+        upper_norm: None (default) draws the exact heavy-tailed law; a float >= 1 clips the radius to
+            [1, upper_norm], as the official sampler does (``np.clip(r, 1, upper_norm)``).
+        generator: a torch.Generator on ``device``, or None.
+        device: where to draw; None: the generator's device, else torch's default device.
+        dtype: output dtype; float16/bfloat16 are drawn in float32 and rounded once.
+
+    Returns:
+        (n, *shape) tensor of ``dtype``: the x part; the z part is z_max.
+    """
+    n = V.count("n", n)
+    shape = V.point_shape("shape", shape)
+    dtype = V.float_dtype("dtype", dtype)
+    device = V.sample_device(device, generator)
+    V.generator("generator", generator, device)
+    zz = V.times("z_max", z_max, n, dtype=torch.float64, device=device)
+    if upper_norm is not None:
+        upper_norm = V.number("upper_norm", upper_norm, lower=1.0, strict=False)
+    ddt = S.draw_dtype(dtype)
+    s = S.chi(n, 1, generator=generator, device=device)
+    g, norm = S.nonzero_normal(n, math.prod(shape), generator=generator, device=device, dtype=ddt)
+    r = zz * norm / s
+    if upper_norm is not None:
+        r = r.clamp_(1.0, upper_norm)
+    out = g.mul_((r / norm).to(ddt)[:, None]).to(dtype)
+    if not V.all_finite(out):
+        raise FloatingPointError(f"pfgm.prior: the draw overflows {dtype} (a heavy-tailed radius beyond its "
+                                 "range); draw in float32 or float64, or pass upper_norm")
+    return out.reshape((n,) + shape)
+
+
+def _average_norm(data: torch.Tensor, chunk: int = 4096) -> float:
+    """The average L2 norm of the data points, (1/N) sum_i ||data_i||, accumulated in float64."""
+    flat = data.reshape(data.shape[0], -1)
+    total = sum(float(torch.linalg.vector_norm(flat[i:i + chunk].double(), dim=1).sum())
+                for i in range(0, flat.shape[0], chunk))
+    return total / flat.shape[0]
+
+
+def hyperparameters(data, *, tau: float = 0.03, sigma: float = 0.01) -> dict:
+    """PFGM's M, z_max and upper_norm for a dataset (official ``hyper-parameters.py``; MATH.md §5).
+
+    M = int(0.75 ln(r^2 / (2 sqrt(d) sigma^2)) / ln(1 + tau)) + 1;  z_max = sqrt(2/pi) sigma (1+tau)^M;
+    upper_norm = sqrt(d) sigma (1+tau)^M. r is the *average* L2 norm of the data points: the official script's
+    ``--data_norm`` ("Average norm of data", default 30). r = 32 at d = 3072 gives CIFAR-10's M = 291.
+
+    Args:
+        data: (N, *shape) the dataset (or a representative sample of it), d = prod(shape).
+        tau: the perturbation's (1 + tau) base, > 0.  sigma: the official sigma_end, > 0.
+
+    Returns:
+        {"M": int, "z_max": float, "upper_norm": float}.
+    """
+    data = V.tensor("data", data)
+    tau = V.number("tau", tau)
+    sigma = V.number("sigma", sigma)
+    if data.shape[0] == 0:
+        raise ValueError(f"data is empty: need at least one point, got shape {tuple(data.shape)}")
+    d = math.prod(data.shape[1:])
+    norm = _average_norm(data)
+    if norm == 0:
+        raise ValueError("data has average norm 0: M is undefined (ln 0)")
+    M = int(0.75 * math.log(norm ** 2 / (2 * math.sqrt(d) * sigma ** 2)) / math.log(1 + tau)) + 1
+    if M < 1:
+        raise ValueError(f"the data's average norm {norm:g} is too small for sigma = {sigma:g} (M = {M} < 1)")
+    growth = (1 + tau) ** M
+    return {"M": M, "z_max": math.sqrt(2 / math.pi) * sigma * growth, "upper_norm": math.sqrt(d) * sigma * growth}
+
+
+__all__ = ["perturb", "target", "prior", "hyperparameters"]
