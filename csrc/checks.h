@@ -1,9 +1,15 @@
-// Argument checks shared by the CPU and CUDA kernels of fastflow::field_step_: the kernels index raw pointers,
-// so every shape, dtype, layout and device assumption is verified here, with a message naming the argument.
+// Argument checks shared by the CPU and CUDA kernels of fastflow::field_step_ and fastflow::draw_: the kernels
+// index raw pointers, so every shape, dtype, layout and device assumption is verified here, with a message
+// naming the argument.
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 
+#include <cmath>
+#include <optional>
+
+#include "draw_math.h"
 #include "field_math.h"
 
 namespace fastflow {
@@ -46,6 +52,62 @@ inline void check_field_step_args(const at::Tensor& dots, const at::Tensor& xn, 
                 " must have shape (", v.size, ",) for dots of shape ", dots.sizes(), "; got ", v.tensor.sizes());
     TORCH_CHECK(v.tensor.is_contiguous(), "fastflow::field_step_: ", v.name, " must be contiguous; got stride ",
                 v.tensor.strides());
+  }
+}
+
+}  // namespace fastflow
+
+namespace fastflow {
+
+// fastflow::draw_: out (n, d) float32/float64 contiguous; x0 (n, d) of out's dtype, contiguous, not overlapping
+// out (or absent); a and scale (n,) float64 contiguous; everything on out's device. The Philox counter words are
+// 32 bits: n <= 2^32 rows, d and D <= 2^34 (4 elements per counter), 0 <= offset < 2^32. radius_kind in 0..3;
+// kind 1 needs an integer D = radius_param >= 1 (D Gaussians are drawn).
+inline void check_draw_args(const at::Tensor& out, const std::optional<at::Tensor>& x0, const at::Tensor& a,
+                            const at::Tensor& scale, int64_t offset, int64_t radius_kind, double radius_param) {
+  TORCH_CHECK(out.dim() == 2, "fastflow::draw_: out must be 2-D (n, d); got shape ", out.sizes());
+  TORCH_CHECK(out.scalar_type() == at::kFloat || out.scalar_type() == at::kDouble,
+              "fastflow::draw_: out must be float32 or float64; got ", out.scalar_type());
+  TORCH_CHECK(out.is_contiguous(), "fastflow::draw_: out must be contiguous; got strides ", out.strides());
+  const int64_t n = out.size(0);
+  const int64_t d = out.size(1);
+  constexpr int64_t k2p32 = int64_t(1) << 32;
+  TORCH_CHECK(n <= k2p32, "fastflow::draw_: at most 2^32 rows (the counter's row word); got ", n);
+  TORCH_CHECK(d <= 4 * k2p32, "fastflow::draw_: at most 2^34 elements per row; got ", d);
+  TORCH_CHECK(offset >= 0 && offset < k2p32, "fastflow::draw_: offset must be in [0, 2^32); got ", offset);
+  TORCH_CHECK(radius_kind >= 0 && radius_kind < kNumRadiusKinds,
+              "fastflow::draw_: radius_kind must be 0 (1), 1 (1/||h||), 2 (atanh U / ||g||) or 3 "
+              "(-log1p(-U) / ||g||); got ", radius_kind);
+  if (radius_kind == kRadiusChi) {
+    TORCH_CHECK(radius_param >= 1 && radius_param <= double(4 * k2p32) && radius_param == std::floor(radius_param),
+                "fastflow::draw_: radius_kind 1 draws D = radius_param Gaussians per row, so D must be an integer "
+                ">= 1 (at most 2^34); got ", radius_param);
+  }
+  struct Vec {
+    const char* name;
+    const at::Tensor& tensor;
+  };
+  for (const Vec& v : {Vec{"a", a}, Vec{"scale", scale}}) {
+    TORCH_CHECK(v.tensor.scalar_type() == at::kDouble, "fastflow::draw_: ", v.name, " must be float64; got ",
+                v.tensor.scalar_type());
+    TORCH_CHECK(v.tensor.dim() == 1 && v.tensor.size(0) == n, "fastflow::draw_: ", v.name, " must have shape (",
+                n, ",) for out of shape ", out.sizes(), "; got ", v.tensor.sizes());
+    TORCH_CHECK(v.tensor.device() == out.device(), "fastflow::draw_: ", v.name, " must be on the device of out (",
+                out.device(), "); got ", v.tensor.device());
+    TORCH_CHECK(v.tensor.is_contiguous(), "fastflow::draw_: ", v.name, " must be contiguous; got stride ",
+                v.tensor.strides());
+  }
+  if (x0.has_value()) {
+    const at::Tensor& x = *x0;
+    TORCH_CHECK(x.scalar_type() == out.scalar_type(), "fastflow::draw_: x0 must have the dtype of out (",
+                out.scalar_type(), "); got ", x.scalar_type());
+    TORCH_CHECK(x.sizes() == out.sizes(), "fastflow::draw_: x0 must have the shape of out ", out.sizes(), "; got ",
+                x.sizes());
+    TORCH_CHECK(x.device() == out.device(), "fastflow::draw_: x0 must be on the device of out (", out.device(),
+                "); got ", x.device());
+    TORCH_CHECK(x.is_contiguous(), "fastflow::draw_: x0 must be contiguous; got strides ", x.strides());
+    // kinds 2 and 3 store g in out before reading x0: x0 must be its own memory
+    at::assert_no_overlap(out, x);
   }
 }
 

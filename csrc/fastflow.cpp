@@ -1,7 +1,7 @@
 // The extension module fastflow._C: the schemas of the fastflow:: operators, and a minimal Python module.
 //
 // Importing fastflow._C loads this library, whose static TORCH_LIBRARY / TORCH_LIBRARY_IMPL blocks register
-// the ops in torch.ops.fastflow; the kernels live in field_step.cpp (CPU) and cuda/field_step.cu (CUDA).
+// the ops in torch.ops.fastflow; the kernels live in field_step.cpp and draw.cpp (CPU) and cuda/*.cu (CUDA).
 // The module itself only says whether the CUDA kernels were compiled in (WITH_CUDA, read by
 // fastflow/_loader.py). It is written against Python's C API rather than pybind11 / <torch/extension.h>:
 // with that header this file takes 19 s to compile instead of 4 s, for one attribute.
@@ -22,6 +22,13 @@ TORCH_LIBRARY(fastflow, m) {
   m.def(
       "field_step_(Tensor(a!) dots, Tensor xn, Tensor yn, Tensor t, Tensor a, Tensor(b!) smin, Tensor(c!) jmin, "
       "Tensor(d!) l, Tensor(e!) l2, int offset, int kind, float p, float q) -> Tensor");
+  // The fused sampler (draw.cpp, cuda/draw.cu): for each row i of out (n, d), out_i = a_i x0_i + scale_i rho_i g_i
+  // (x0 absent: scale_i rho_i g_i), g_i ~ N(0, I_d) from Philox4x32-10 with key `seed` and counter
+  // (element group, row, offset, stream); rho_i by radius_kind: 0: 1; 1: 1/||h||, h ~ N(0, I_D), D = radius_param;
+  // 2: atanh(U)/||g||; 3: -log1p(-U)/||g||. a and scale (n,) float64.
+  m.def(
+      "draw_(Tensor(a!) out, Tensor? x0, Tensor a, Tensor scale, int seed, int offset, int radius_kind, "
+      "float radius_param) -> ()");
 }
 
 namespace {

@@ -17,3 +17,8 @@ if _loader.has_C():  # importing _C here is what registers the ops this module r
     def _field_step_fake(dots, xn, yn, t, a, smin, jmin, l, l2, offset, kind, p, q):
         """dots (B, C), smin, jmin, l, l2 (B,) are updated in place; the new output is alpha (B,), like smin."""
         return torch.empty_like(smin)
+
+    @torch.library.register_fake("fastflow::draw_")
+    def _draw_fake(out, x0, a, scale, seed, offset, radius_kind, radius_param):
+        """out (n, d) is filled in place; nothing is returned."""
+        return None

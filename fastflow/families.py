@@ -45,6 +45,10 @@ class Family:
         """(n,) float64 radius factors rho of the noise t * rho * g: 1 unless the family draws one."""
         return torch.ones(n, dtype=torch.float64, device=device)
 
+    def _fused_radius(self) -> tuple[int, float]:
+        """(radius_kind, radius_param) of the fused op ``fastflow::draw_`` for this family's rho (S.RADIUS_*)."""
+        return S.RADIUS_ONE, 0.0
+
     def _prior_scale(self, T: torch.Tensor) -> torch.Tensor:
         """The noise scale of the prior: T (the law of x_T without the data term)."""
         return T
@@ -55,6 +59,10 @@ class Family:
         a, b: (n,) float64.  x0: (n, d) or None.  dtype: the output dtype (drawn in S.draw_dtype(dtype)).
         """
         ddt = S.draw_dtype(dtype)
+        kind, param = self._fused_radius()
+        if S.can_draw_fused(device, ddt, kind, param):  # one Philox pass; else the pure-torch pieces below
+            return S.draw_fused(x0, a, b, n, d, radius_kind=kind, radius_param=param, generator=generator,
+                                device=device, dtype=ddt)
         rho = self._radius_factor(n, generator, device)
         if self._unit_noise:
             g, norm = S.nonzero_normal(n, d, generator=generator, device=device, dtype=ddt)
@@ -190,6 +198,10 @@ class Poisson(Family):
         # rho = 1 / ||h||, h ~ N(0, I_D): ||x - x0||^2 / t^2 = ||g||^2 / ||h||^2 ~ BetaPrime(d/2, D/2)
         return S.chi(n, self.D, generator=generator, device=device).reciprocal_()
 
+    def _fused_radius(self):
+        # the op draws D Gaussians for ||h||: integer D only (S.can_draw_fused sends the others to torch's Gamma)
+        return S.RADIUS_CHI, float(self.D)
+
     def _params(self, d):
         return LW.POISSON, (d + self.D) / 2.0, 0.0
 
@@ -235,6 +247,9 @@ class RadialCDF(Family):
     def _radius_factor(self, n, generator, device):
         # ||x - x0|| / t = Psi^{-1}(U) has the CDF Psi
         return S.inverse_radial_cdf(n, self.name, generator=generator, device=device)
+
+    def _fused_radius(self):
+        return (S.RADIUS_TANH if self.name == "tanh" else S.RADIUS_EXP), 0.0
 
     def _params(self, d):
         return (LW.TANH if self.name == "tanh" else LW.EXP), 0.0, (d - 1) / 2.0

@@ -3,8 +3,19 @@
 Every family's x_t and prior is a_t * x0 + b * rho * g: a Gaussian g ~ N(0, I_d) per row (normalised to the
 unit sphere for the radial-CDF family) times one radius factor rho per row. The functions below draw those
 pieces. Each one draws from a ``torch.Generator`` on the target device (None: that device's default generator),
-so a seeded generator gives the same output on that device. The fused Philox sampler of issue 3 is to replace
-them behind :meth:`fastflow.Family.perturb`, :meth:`fastflow.Family.prior` and :mod:`fastflow.pfgm`.
+so a seeded generator gives the same output on that device.
+
+:func:`draw_fused` draws the whole a_t * x0 + b * rho * g in one pass with the compiled op
+``torch.ops.fastflow.draw_`` (Philox4x32-10, csrc/philox.h), keyed by one 63-bit integer drawn from the
+generator; :meth:`fastflow.Family.perturb` and :meth:`fastflow.Family.prior` use it where
+:func:`can_draw_fused` allows, and the pieces below otherwise (the pure-torch path, also forced by
+``FASTFLOW_DISABLE_C=1``). The two paths draw the same laws but not the same numbers.
+
+What holds across devices for the fused op: the same seed gives bitwise the same Philox words and uniforms on
+the CPU (any number of threads) and on CUDA; the Gaussians then differ by the last ulp or two of log/sin/cos
+(glibc against libdevice), and rho by the summation order of ||g||^2 / ||h||^2 (one thread on the CPU, a block
+reduction on CUDA): the outputs agree to a few ulp of the output dtype, not bitwise. A seeded torch.Generator
+gives the same seed on CPU and CUDA only if the two generators' randint agree, which torch does not promise.
 
 Per-row factors are drawn in float64: there are only n of them, float64 uniforms have 53 bits (so Psi^{-1}(U) stays
 finite and resolves its tail to U = 1 - 2^-53), and the Gamma sampler computes in float64 anyway. The (n, d)
@@ -12,7 +23,11 @@ Gaussians are drawn in :func:`draw_dtype`.
 """
 from __future__ import annotations
 
+import math
+
 import torch
+
+from . import _loader
 
 #: Psi^{-1}(U) of the radial-CDF family, for U in [0, 1): finite there (at most 18.7 for tanh, 36.7 for exp,
 #: at U = 1 - 2^-53); both are written to keep full relative precision near U = 0.
@@ -75,4 +90,69 @@ def inverse_radial_cdf(n: int, name: str, *, generator, device) -> torch.Tensor:
     return INVERSE_CDFS[name](uniform(n, generator=generator, device=device))
 
 
-__all__ = ["draw_dtype", "normal", "nonzero_normal", "uniform", "chi", "inverse_radial_cdf", "INVERSE_CDFS"]
+#: radius_kind of ``torch.ops.fastflow.draw_`` (csrc/draw_math.h): rho = 1; 1 / ||h|| with h ~ N(0, I_D);
+#: Psi^{-1}(U) / ||g|| for Psi = tanh and Psi(s) = 1 - e^-s.
+RADIUS_ONE, RADIUS_CHI, RADIUS_TANH, RADIUS_EXP = 0, 1, 2, 3
+#: the op draws D Gaussians per row for RADIUS_CHI; beyond this D the one-Gamma-per-row torch path is cheaper
+#: than D Gaussians (and the op's counter allows at most 2^34 anyway).
+MAX_FUSED_D = 1 << 20
+
+
+def can_draw_fused(device: torch.device, dtype: torch.dtype, radius_kind: int, radius_param: float = 0.0) -> bool:
+    """Whether :func:`draw_fused` can draw on ``device`` in ``dtype`` (the draw dtype: float32 or float64).
+
+    Needs the compiled extension (``fastflow._C``; not disabled by FASTFLOW_DISABLE_C=1) with a kernel for the
+    device (CPU always, CUDA when built with nvcc), and for RADIUS_CHI an integer D (a non-integer D goes
+    through torch's Gamma sampler).
+    """
+    if dtype not in (torch.float32, torch.float64) or not _loader.has_C():
+        return False
+    if device.type == "cuda":
+        if not _loader.has_C_cuda():
+            return False
+    elif device.type != "cpu":
+        return False
+    if radius_kind == RADIUS_CHI:
+        D = float(radius_param)
+        return math.isfinite(D) and 1 <= D <= MAX_FUSED_D and D == int(D)
+    return radius_kind in (RADIUS_ONE, RADIUS_TANH, RADIUS_EXP)
+
+
+def philox_seed(generator, device) -> int:
+    """One 63-bit key for the Philox op, drawn from ``generator`` (None: ``device``'s default generator).
+
+    Drawing it advances the generator, so consecutive calls get different keys and a re-seeded generator the same
+    ones. On CUDA this is one device-to-host copy (a sync) per call.
+    """
+    return int(torch.randint(0, (1 << 63) - 1, (1,), generator=generator, device=device, dtype=torch.int64))
+
+
+def draw_fused(x0, a, scale, n: int, d: int, *, radius_kind: int, radius_param: float = 0.0, generator, device,
+               dtype) -> torch.Tensor:
+    """out_i = a_i x0_i + scale_i rho_i g_i in one pass of ``torch.ops.fastflow.draw_`` (MATH.md §3).
+
+    g_i ~ N(0, I_d) from Philox4x32-10, rho_i by ``radius_kind`` (RADIUS_ONE / CHI / TANH / EXP; radius_param
+    is D for RADIUS_CHI). Call only where :func:`can_draw_fused` is true.
+
+    Args:
+        x0: (n, d) or None (then out_i = scale_i rho_i g_i).  a, scale: (n,) (a ignored without x0).
+        n, d: the output shape.  generator: a torch.Generator on ``device``, or None.  dtype: float32 or float64.
+
+    Returns:
+        (n, d) tensor of ``dtype`` on ``device``.
+    """
+    from . import _ops  # noqa: F401  (the fake implementation, for torch.compile and opcheck)
+
+    seed = philox_seed(generator, device)
+    out = torch.empty(n, d, device=device, dtype=dtype)
+    f64 = dict(device=device, dtype=torch.float64)
+    scale = scale.to(**f64).contiguous()
+    a = scale if a is None or x0 is None else a.to(**f64).contiguous()
+    if x0 is not None:
+        x0 = x0.to(device=device, dtype=dtype).contiguous()
+    torch.ops.fastflow.draw_(out, x0, a, scale, seed, 0, int(radius_kind), float(radius_param))
+    return out
+
+
+__all__ = ["draw_dtype", "normal", "nonzero_normal", "uniform", "chi", "inverse_radial_cdf", "INVERSE_CDFS",
+           "can_draw_fused", "draw_fused", "philox_seed", "RADIUS_ONE", "RADIUS_CHI", "RADIUS_TANH", "RADIUS_EXP"]

@@ -17,11 +17,30 @@ import fastflow
 from fastflow._official import pfgm_perturb_official
 
 from _util import DEVICE, dev
+from fastflow import _loader
 
 N = 20_000
 ALPHA = 1e-3
 #: elements per drawn chunk: 16.7M floats keeps each chunk (with its float64 copies) under ~0.4 GB
 CHUNK_ELEMS = 1 << 24
+
+
+@pytest.fixture(params=["ext", "torch"])
+def path(request, monkeypatch):
+    """The draw path of Family.perturb / prior: "ext" (the fused Philox op of fastflow._C) or "torch" (the
+    pure-torch pieces of fastflow.sampling, forced with FASTFLOW_DISABLE_C=1). _loader caches whether _C loaded,
+    so the cache is cleared on the way in and out."""
+    if request.param == "torch":
+        monkeypatch.setenv("FASTFLOW_DISABLE_C", "1")
+    else:
+        monkeypatch.delenv("FASTFLOW_DISABLE_C", raising=False)
+    _loader._C_error.cache_clear()
+    if request.param == "ext" and not fastflow.sampling.can_draw_fused(DEVICE, torch.float32, 0):
+        _loader._C_error.cache_clear()
+        pytest.skip(f"the fused sampler is not available on {DEVICE.type} ({_loader._C_error()})")
+    yield request.param
+    monkeypatch.undo()
+    _loader._C_error.cache_clear()
 
 
 def gen(seed):
@@ -77,6 +96,7 @@ POISSON_CASES = [(d, 1) for d in (1, 2, 3, 64, 3072)] + [(64, D) for D in (2, 2.
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("d,D", POISSON_CASES, ids=[f"d{d}-D{D}" for d, D in POISSON_CASES])
+@pytest.mark.usefixtures("path")
 def test_poisson_radius_law(kind, d, D):
     """||x - x0||^2 / t^2 = ||g||^2 / ||h||^2 ~ BetaPrime(d/2, D/2)."""
     r2 = radius2(fastflow.Poisson(D), d, kind, seed=d + int(10 * D))
@@ -87,6 +107,7 @@ def test_poisson_radius_law(kind, d, D):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("d", [1, 3, 64, 3072])
+@pytest.mark.usefixtures("path")
 def test_gaussian_radius_law(kind, d):
     """||x - x0||^2 / t^2 ~ chi^2(d)."""
     p = ks(radius2(fastflow.Gaussian(), d, kind, seed=d), stats.chi2(d).cdf, f"Gaussian {kind} d={d}")
@@ -99,6 +120,7 @@ RADIAL_CDFS = {"tanh": np.tanh, "exp": lambda r: -np.expm1(-r)}
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("name", ["tanh", "exp"])
 @pytest.mark.parametrize("d", [1, 3, 64])
+@pytest.mark.usefixtures("path")
 def test_radial_cdf_radius_law(kind, name, d):
     """||x - x0|| / t = Psi^{-1}(U) has the CDF Psi."""
     r = radius2(fastflow.RadialCDF(name), d, kind, seed=d + (1000 if name == "exp" else 0)).sqrt()
@@ -107,6 +129,7 @@ def test_radial_cdf_radius_law(kind, name, d):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.usefixtures("path")
 def test_rectified_flow_law(kind):
     """(x - (1-t) x0) / t ~ N(0, I): every entry N(0, 1), and the squared norm chi^2(d); the prior N(0, I)."""
     d = 5
@@ -116,6 +139,7 @@ def test_rectified_flow_law(kind):
     assert p1 > ALPHA and p2 > ALPHA
 
 
+@pytest.mark.usefixtures("path")
 def test_negative_control_radius():
     """The radius test has power at this n: Poisson(D=2)'s draws are not BetaPrime(d/2, 1/2), nor D=128's
     BetaPrime(32, 60); nor a tanh radius the exp CDF."""
@@ -130,6 +154,7 @@ FAMILIES = [fastflow.Poisson(1), fastflow.Poisson(2048), fastflow.Gaussian(), fa
 
 
 @pytest.mark.parametrize("fam", FAMILIES, ids=repr)
+@pytest.mark.usefixtures("path")
 def test_huge_d_is_finite(fam):
     """d = 196608 (LSUN 256^2): 64 draws of perturb and prior are finite, with the right shape."""
     g = gen(11)
@@ -142,13 +167,15 @@ def test_huge_d_is_finite(fam):
     assert float((x - x0).abs().max()) > 0
 
 
-def test_huge_d_radius_law():
-    """At d = 196608 the radius laws hold. The Gaussian prior at n = 20,000 (3.9G Gaussians in chunks of 85 rows,
-    ~25 s here): ||x||^2 / T^2 ~ chi^2(196608), which checks the float32 norm of the (n, d) Gaussians at this d.
-    The Poisson(D=2048) perturbation at n = 2000 only (~6 s): the same code as at small d, with x0 and chi_D."""
+def test_huge_d_radius_law(path):
+    """At d = 196608 the radius laws hold. The Gaussian prior at n = 20,000 on the fused path (3.9G Gaussians in
+    chunks of 85 rows, ~27 s here): ||x||^2 / T^2 ~ chi^2(196608), which checks the float32 norm of the (n, d)
+    Gaussians at this d; on the pure-torch path n = 2000 only (~3 s), to keep the suite short. The Poisson(D=2048)
+    perturbation at n = 2000 (~6 s): the same code as at small d, with x0 and chi_D."""
     d = 3 * 256 * 256
-    r2 = radius2(fastflow.Gaussian(), d, "prior", n=N, seed=12)
-    p1 = ks(r2, stats.chi2(d).cdf, "Gaussian prior d=196608 (n=20000)")
+    n = N if path == "ext" else 2000
+    r2 = radius2(fastflow.Gaussian(), d, "prior", n=n, seed=12)
+    p1 = ks(r2, stats.chi2(d).cdf, f"Gaussian prior d=196608 (n={n})")
     r2 = radius2(fastflow.Poisson(2048), d, "perturb", n=2000, seed=13)
     p2 = ks(r2, stats.betaprime(d / 2, 1024).cdf, "Poisson(D=2048) perturb d=196608 (n=2000)")
     assert p1 > ALPHA and p2 > ALPHA
@@ -160,6 +187,7 @@ DIRECTION_FAMILIES = [fastflow.Poisson(2), fastflow.RadialCDF("tanh"), fastflow.
 
 @pytest.mark.parametrize("fam", DIRECTION_FAMILIES, ids=repr)
 @pytest.mark.parametrize("d", [1, 2, 3, 64])
+@pytest.mark.usefixtures("path")
 def test_directions_uniform(fam, d):
     """u = (x - x0) / ||x - x0||: u_1^2 ~ Beta(1/2, (d-1)/2), and the mean of u is 0 within the CLT:
     n d ||mean(u)||^2 ~ chi^2(d) (Cov u = I/d)."""
@@ -315,6 +343,7 @@ def _all_draws(seed, dtype=torch.float32):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.usefixtures("path")
 def test_determinism(dtype):
     """The same seed gives identical output; another seed gives different output."""
     a, b, c = _all_draws(5, dtype), _all_draws(5, dtype), _all_draws(6, dtype)
@@ -323,6 +352,7 @@ def test_determinism(dtype):
         assert not torch.equal(u, w)
 
 
+@pytest.mark.usefixtures("path")
 def test_default_generator_follows_manual_seed():
     torch.manual_seed(3)
     a = fastflow.Poisson(1).prior(8, 4, T=1.0)
@@ -331,6 +361,7 @@ def test_default_generator_follows_manual_seed():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.usefixtures("path")
 def test_reduced_precision_is_float32_rounded_once(dtype):
     """float16 / bfloat16 are drawn in float32 and rounded once: equal to the float32 draw, cast (x0 exact)."""
     x0 = torch.randint(-3, 4, (64, 5), generator=gen(8), device=DEVICE).float()
@@ -348,6 +379,7 @@ def test_reduced_precision_is_float32_rounded_once(dtype):
                                                                       generator=gen(9)).to(dtype))
 
 
+@pytest.mark.usefixtures("path")
 def test_dtypes_devices_and_shapes():
     x0 = torch.randn(6, 2, 3, device=DEVICE, dtype=torch.float64)
     for fam in FAMILIES:
@@ -367,6 +399,7 @@ def test_dtypes_devices_and_shapes():
     assert fastflow.Gaussian().perturb(xt, 1.0).shape == (6, 4)
 
 
+@pytest.mark.usefixtures("path")
 def test_float16_overflow_raises():
     """The Cauchy-like prior exceeds float16's 65504 in ~0.25% of rows at T = 100: refused, not returned as inf."""
     with pytest.raises(FloatingPointError, match="overflows torch.float16"):
