@@ -155,6 +155,30 @@ def fp32_ieee_matmul():
     return fp32_matmul_precision("ieee")
 
 
+def ops_called(fn: Callable[[], object]) -> tuple[object, set[str]]:
+    """Run ``fn`` once and return (its result, the names of the operators it dispatched, e.g. ``aten::randn``).
+
+    Tells which implementation a public function took (e.g. whether a compiled ``fastflow::`` op ran) without
+    reaching into its dispatch logic. Uses a ``TorchDispatchMode``: a little Python overhead per op, so call it
+    outside the timed loop.
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _Recorder(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names: set[str] = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.add(str(func.name()))
+            return func(*args, **(kwargs or {}))
+
+    rec = _Recorder()
+    with rec:
+        out = fn()
+    return out, rec.names
+
+
 # ---------------------------------------------------------------------------------------------------- memory
 
 MEM_METHOD_CUDA = ("cuda: torch.cuda.max_memory_allocated() after reset_peak_memory_stats(), minus "
