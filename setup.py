@@ -78,7 +78,9 @@ def get_extensions():
     # -fopenmp at compile and link time: at::parallel_for is a header template whose OpenMP pragma is compiled
     # into this module (without it, the loops run on one thread); the libgomp it links against is the one torch
     # has already loaded (same soname).
-    extra_compile_args = {"cxx": ["-O3", "-fopenmp"]}
+    # -ffp-contract=off: no fused multiply-adds, so the SIMD clones of draw.cpp (AVX-512, AVX2, baseline) and a
+    # scalar loop give bitwise the same numbers; -fno-math-errno lets sqrt vectorise (errno is never read).
+    extra_compile_args = {"cxx": ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno"]}
     extra_link_args = ["-fopenmp"]
     if not _build_cuda():
         return [CppExtension("fastflow._C", sources, extra_compile_args=extra_compile_args,

@@ -61,8 +61,8 @@ namespace fastflow {
 
 // fastflow::draw_: out (n, d) float32/float64 contiguous; x0 (n, d) of out's dtype, contiguous, not overlapping
 // out (or absent); a and scale (n,) float64 contiguous; everything on out's device. The Philox counter words are
-// 32 bits: n <= 2^32 rows, d and D <= 2^34 (4 elements per counter), 0 <= offset < 2^32. radius_kind in 0..3;
-// kind 1 needs an integer D = radius_param >= 1 (D Gaussians are drawn).
+// 32 bits: n <= 2^32 rows, d <= 2^34 (4 elements per counter), 0 <= offset < 2^32. radius_kind in 0..3;
+// kind 1 needs a finite D = radius_param > 0 (any real D: see inverse_chi in draw_math.h).
 inline void check_draw_args(const at::Tensor& out, const std::optional<at::Tensor>& x0, const at::Tensor& a,
                             const at::Tensor& scale, int64_t offset, int64_t radius_kind, double radius_param) {
   TORCH_CHECK(out.dim() == 2, "fastflow::draw_: out must be 2-D (n, d); got shape ", out.sizes());
@@ -79,9 +79,9 @@ inline void check_draw_args(const at::Tensor& out, const std::optional<at::Tenso
               "fastflow::draw_: radius_kind must be 0 (1), 1 (1/||h||), 2 (atanh U / ||g||) or 3 "
               "(-log1p(-U) / ||g||); got ", radius_kind);
   if (radius_kind == kRadiusChi) {
-    TORCH_CHECK(radius_param >= 1 && radius_param <= double(4 * k2p32) && radius_param == std::floor(radius_param),
-                "fastflow::draw_: radius_kind 1 draws D = radius_param Gaussians per row, so D must be an integer "
-                ">= 1 (at most 2^34); got ", radius_param);
+    TORCH_CHECK(std::isfinite(radius_param) && radius_param > 0,
+                "fastflow::draw_: radius_kind 1 draws 1 / ||h|| with h ~ N(0, I_D), so D = radius_param must be a "
+                "finite number > 0; got ", radius_param);
   }
   struct Vec {
     const char* name;

@@ -199,7 +199,6 @@ class Poisson(Family):
         return S.chi(n, self.D, generator=generator, device=device).reciprocal_()
 
     def _fused_radius(self):
-        # the op draws D Gaussians for ||h||: integer D only (S.can_draw_fused sends the others to torch's Gamma)
         return S.RADIUS_CHI, float(self.D)
 
     def _params(self, d):

@@ -92,8 +92,14 @@ def perturb(x0, *, M: float = 291, tau: float = 0.03, sigma_end: float = 0.01, r
         m = torch.where(z < RESTRICT_Z, m_small, m)
     mult = torch.pow(1.0 + tau, m)
     ddt = S.draw_dtype(x0.dtype)
-    x = S.normal(B, d, generator=generator, device=dev, dtype=ddt)
-    x.mul_((sigma_end * mult).to(ddt)[:, None]).add_(x0.reshape(B, d))
+    scale = sigma_end * mult                                                   # (B,) float64
+    if S.can_draw_fused(dev, ddt, S.RADIUS_ONE):  # x0 + scale g in one Philox pass
+        ones = torch.ones(B, dtype=torch.float64, device=dev)
+        x = S.draw_fused(x0.reshape(B, d), ones, scale, B, d, radius_kind=S.RADIUS_ONE, generator=generator,
+                         device=dev, dtype=ddt)
+    else:
+        x = S.normal(B, d, generator=generator, device=dev, dtype=ddt)
+        x.mul_(scale.to(ddt)[:, None]).add_(x0.reshape(B, d).to(ddt))
     cdt = compute_dtype(x0.dtype)
     zz = (z * mult).to(cdt).clamp_min_(torch.finfo(cdt).tiny)
     return x.to(x0.dtype).reshape(x0.shape), zz
@@ -128,12 +134,17 @@ def prior(n: int, shape, *, z_max, upper_norm: float | None = None, generator: t
     if upper_norm is not None:
         upper_norm = V.number("upper_norm", upper_norm, lower=1.0, strict=False)
     ddt = S.draw_dtype(dtype)
-    s = S.chi(n, 1, generator=generator, device=device)
-    g, norm = S.nonzero_normal(n, math.prod(shape), generator=generator, device=device, dtype=ddt)
-    r = zz * norm / s
-    if upper_norm is not None:
-        r = r.clamp_(1.0, upper_norm)
-    out = g.mul_((r / norm).to(ddt)[:, None]).to(dtype)
+    d = math.prod(shape)
+    if upper_norm is None and S.can_draw_fused(device, ddt, S.RADIUS_CHI, 1.0):  # z_max g / |s|, one pass
+        out = S.draw_fused(None, None, zz, n, d, radius_kind=S.RADIUS_CHI, radius_param=1.0, generator=generator,
+                           device=device, dtype=ddt).to(dtype)
+    else:  # the clip needs ||g|| before scaling: the pure-torch pieces
+        s = S.chi(n, 1, generator=generator, device=device)
+        g, norm = S.nonzero_normal(n, d, generator=generator, device=device, dtype=ddt)
+        r = zz * norm / s
+        if upper_norm is not None:
+            r = r.clamp_(1.0, upper_norm)
+        out = g.mul_((r / norm).to(ddt)[:, None]).to(dtype)
     if not V.all_finite(out):
         raise FloatingPointError(f"pfgm.prior: the draw overflows {dtype} (a heavy-tailed radius beyond its "
                                  "range); draw in float32 or float64, or pass upper_norm")

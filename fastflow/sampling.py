@@ -12,8 +12,9 @@ generator; :meth:`fastflow.Family.perturb` and :meth:`fastflow.Family.prior` use
 ``FASTFLOW_DISABLE_C=1``). The two paths draw the same laws but not the same numbers.
 
 What holds across devices for the fused op: the same seed gives bitwise the same Philox words and uniforms on
-the CPU (any number of threads) and on CUDA; the Gaussians then differ by the last ulp or two of log/sin/cos
-(glibc against libdevice), and rho by the summation order of ||g||^2 / ||h||^2 (one thread on the CPU, a block
+the CPU (any number of threads, any x86 SIMD width) and on CUDA; the Gaussians then differ by the last ulp or two
+of log/sin/cos (float32: the CPU's vectorised polynomials against libdevice's logf/sincospif; float64: glibc
+against libdevice), and the radial-CDF rho by the summation order of ||g||^2 (8 fixed lanes on the CPU, a block
 reduction on CUDA): the outputs agree to a few ulp of the output dtype, not bitwise. A seeded torch.Generator
 gives the same seed on CPU and CUDA only if the two generators' randint agree, which torch does not promise.
 
@@ -90,20 +91,17 @@ def inverse_radial_cdf(n: int, name: str, *, generator, device) -> torch.Tensor:
     return INVERSE_CDFS[name](uniform(n, generator=generator, device=device))
 
 
-#: radius_kind of ``torch.ops.fastflow.draw_`` (csrc/draw_math.h): rho = 1; 1 / ||h|| with h ~ N(0, I_D);
-#: Psi^{-1}(U) / ||g|| for Psi = tanh and Psi(s) = 1 - e^-s.
+#: radius_kind of ``torch.ops.fastflow.draw_`` (csrc/draw_math.h): rho = 1; 1 / ||h|| with h ~ N(0, I_D) (any
+#: real D > 0: D squares for an integer D <= 8, else one Marsaglia-Tsang Gamma draw); Psi^{-1}(U) / ||g|| for
+#: Psi = tanh and Psi(s) = 1 - e^-s.
 RADIUS_ONE, RADIUS_CHI, RADIUS_TANH, RADIUS_EXP = 0, 1, 2, 3
-#: the op draws D Gaussians per row for RADIUS_CHI; beyond this D the one-Gamma-per-row torch path is cheaper
-#: than D Gaussians (and the op's counter allows at most 2^34 anyway).
-MAX_FUSED_D = 1 << 20
 
 
 def can_draw_fused(device: torch.device, dtype: torch.dtype, radius_kind: int, radius_param: float = 0.0) -> bool:
     """Whether :func:`draw_fused` can draw on ``device`` in ``dtype`` (the draw dtype: float32 or float64).
 
     Needs the compiled extension (``fastflow._C``; not disabled by FASTFLOW_DISABLE_C=1) with a kernel for the
-    device (CPU always, CUDA when built with nvcc), and for RADIUS_CHI an integer D (a non-integer D goes
-    through torch's Gamma sampler).
+    device (CPU always, CUDA when built with nvcc), and for RADIUS_CHI a finite D > 0.
     """
     if dtype not in (torch.float32, torch.float64) or not _loader.has_C():
         return False
@@ -114,7 +112,7 @@ def can_draw_fused(device: torch.device, dtype: torch.dtype, radius_kind: int, r
         return False
     if radius_kind == RADIUS_CHI:
         D = float(radius_param)
-        return math.isfinite(D) and 1 <= D <= MAX_FUSED_D and D == int(D)
+        return math.isfinite(D) and D > 0
     return radius_kind in (RADIUS_ONE, RADIUS_TANH, RADIUS_EXP)
 
 

@@ -227,6 +227,7 @@ def _official(x0, generator, **kw):
 
 
 @pytest.mark.parametrize("restrict_M", [True, False])
+@pytest.mark.usefixtures("path")
 def test_pfgm_perturb_matches_official(restrict_M):
     """Two-sample KS of ||x - x0|| and of z: fastflow.pfgm.perturb against the faithful port of the official code."""
     r, z = _perturb_pair(fastflow.pfgm.perturb, 1, restrict_M=restrict_M)
@@ -261,6 +262,7 @@ def test_pfgm_perturb_negative_controls():
     assert p1 < ALPHA and p2 < ALPHA and p3 < ALPHA
 
 
+@pytest.mark.usefixtures("path")
 def test_pfgm_perturb_shares_the_growth():
     """x and z carry the same (1+tau)^m: ||x - x0||^2 / z^2 = ||g||^2 / s^2 ~ BetaPrime(d/2, 1/2) exactly,
     whatever the law of m (the restriction included)."""
@@ -272,6 +274,7 @@ def test_pfgm_perturb_shares_the_growth():
 
 # ---------------------------------------------------------------------------------------------- pfgm.prior
 @pytest.mark.parametrize("d", [1, 3, 3072])
+@pytest.mark.usefixtures("path")
 def test_pfgm_prior_exact(d):
     """(r / z_max)^2 ~ BetaPrime(d/2, 1/2), by default (no clip)."""
     z_max, rows = 40.0, max(1, CHUNK_ELEMS // d)

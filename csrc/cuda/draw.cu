@@ -2,10 +2,10 @@
 //
 // One thread block per row; thread t draws the groups of 4 elements t, t + kThreads, ... of its row from their own
 // Philox counters, so every element's bits are those of the CPU kernel whatever the launch shape. The Gaussians
-// are in the output dtype (logf/sinf/cosf for float32: libdevice's are within 1-2 ulp of glibc's, so g can differ
-// from the CPU's in the last bits), rho and ||g|| in double. ||g||^2 and ||h||^2 are block reductions of a fixed
+// are in the output dtype (float32: libdevice's logf and sincospif, within 1-2 ulp of the CPU's polynomials, so
+// g can differ from the CPU's in the last bits), rho and ||g|| in double. ||g||^2 is a block reduction of a fixed
 // shape: deterministic from run to run, but summed in another order than on the CPU (a last-ulp difference of
-// rho). Kinds 2/3 store g in out on pass 1, and pass 2 re-reads the elements the same thread wrote (no barrier).
+// rho); kind 1's 1 / ||h|| is the CPU's function, computed by every thread of the row. Kinds 2/3 store g in out on pass 1, and pass 2 re-reads the elements the same thread wrote (no barrier).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -51,7 +51,7 @@ __global__ void __launch_bounds__(kThreads) draw_kernel(
     uint64_t seed,                    // Philox key
     uint32_t offset,                  // Philox counter word 2
     int kind,                         // radius kind (draw_math.h)
-    int64_t D) {                      // kind 1: number of Gaussians in h
+    double D) {                       // kind 1: the dimension of h (a real > 0)
   __shared__ double smem[kWarps];
   const int64_t i = blockIdx.x;
   const uint32_t row = static_cast<uint32_t>(i);
@@ -60,10 +60,9 @@ __global__ void __launch_bounds__(kThreads) draw_kernel(
   const double a_i = a[i];
   const int64_t groups = (d + 3) / 4;
   double rho = 1.0;
-  if (kind == kRadiusChi) {
-    // 1 / sqrt (two roundings) rather than rsqrt, as on the CPU
-    rho = 1.0 / sqrt(block_sum(chi2_partial(D, seed, row, offset, threadIdx.x, kThreads), smem));
-  }
+  // Every thread computes the row's factor itself (a few Philox calls, the same in every thread, so no barrier
+  // and no divergence): the same function and counters as on the CPU.
+  if (kind == kRadiusChi) rho = inverse_chi(D, seed, row, offset);
 
   if (radius_needs_norm(kind)) {
     double ss = 0;
@@ -114,13 +113,12 @@ void draw_cuda(const at::Tensor& out, const std::optional<at::Tensor>& x0, const
               "on CUDA; got ", out.size(0));
   if (out.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(out.device());
-  const int64_t D = radius_kind == kRadiusChi ? static_cast<int64_t>(radius_param) : 0;
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "fastflow::draw_", [&] {
     draw_kernel<scalar_t><<<static_cast<unsigned int>(out.size(0)), kThreads, 0,
                             c10::cuda::getCurrentCUDAStream()>>>(
         out.mutable_data_ptr<scalar_t>(), x0.has_value() ? x0->const_data_ptr<scalar_t>() : nullptr,
         a.const_data_ptr<double>(), scale.const_data_ptr<double>(), out.size(1), static_cast<uint64_t>(seed),
-        static_cast<uint32_t>(offset), static_cast<int>(radius_kind), D);
+        static_cast<uint32_t>(offset), static_cast<int>(radius_kind), radius_param);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
