@@ -16,3 +16,7 @@ echo "== tests on CUDA"
 FASTFLOW_TEST_DEVICE=cuda python3 -m pytest -q -x tests 2>&1 | tee "$out/tests_$gpu.log" | tail -20
 echo "== bench_field"
 python3 benchmarks/bench_field.py --out "$out/field_$gpu.json" "$@" 2>&1 | tee "$out/bench_field_$gpu.log" | tail -60
+echo "== bench_ode_step"
+for dt in float32 bfloat16; do
+  python3 benchmarks/bench_ode_step.py --dtype "$dt" --out "$out/ode_step_$gpu.json" 2>&1 | tee -a "$out/bench_ode_step_$gpu.log" | tail -14
+done

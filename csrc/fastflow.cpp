@@ -1,7 +1,8 @@
 // The extension module fastflow._C: the schemas of the fastflow:: operators, and a minimal Python module.
 //
 // Importing fastflow._C loads this library, whose static TORCH_LIBRARY / TORCH_LIBRARY_IMPL blocks register
-// the ops in torch.ops.fastflow; the kernels live in field_step.cpp and draw.cpp (CPU) and cuda/*.cu (CUDA).
+// the ops in torch.ops.fastflow; the kernels live in field_step.cpp, draw.cpp and
+// rk_step.cpp (CPU) and cuda/*.cu (CUDA).
 // The module itself only says whether the CUDA kernels were compiled in (WITH_CUDA, read by
 // fastflow/_loader.py). It is written against Python's C API rather than pybind11 / <torch/extension.h>:
 // with that header this file takes 19 s to compile instead of 4 s, for one attribute.
@@ -29,6 +30,15 @@ TORCH_LIBRARY(fastflow, m) {
   m.def(
       "draw_(Tensor(a!) out, Tensor? x0, Tensor a, Tensor scale, int seed, int offset, int radius_kind, "
       "float radius_param) -> ()");
+  // The fused step updates of the Runge-Kutta solvers (rk_step.cpp; specification in
+  // fastflow/_ode_step_reference.py), one pass over the stages K (S, B, d) each; h (B,) float64.
+  // rk_combine_: out (B, d) = y + h sum_j coeffs[j] K[j] (out may be y itself).
+  m.def("rk_combine_(Tensor(a!) out, Tensor y, Tensor K, Tensor h, float[] coeffs) -> ()");
+  // rk_error_norm_: out (B,) = sqrt(mean_d (h sum_j e_coeffs[j] K[j] / (atol + rtol max(|y|, |y_new|)))^2),
+  // float64 for float64 states, else float32.
+  m.def(
+      "rk_error_norm_(Tensor(a!) out, Tensor y, Tensor y_new, Tensor K, Tensor h, float[] e_coeffs, float rtol, "
+      "float atol) -> ()");
 }
 
 namespace {

@@ -22,3 +22,13 @@ if _loader.has_C():  # importing _C here is what registers the ops this module r
     def _draw_fake(out, x0, a, scale, seed, offset, radius_kind, radius_param):
         """out (n, d) is filled in place; nothing is returned."""
         return None
+
+    @torch.library.register_fake("fastflow::rk_combine_")
+    def _rk_combine_fake(out, y, K, h, coeffs):
+        """out (B, d) is filled in place; nothing is returned."""
+        return None
+
+    @torch.library.register_fake("fastflow::rk_error_norm_")
+    def _rk_error_norm_fake(out, y, y_new, K, h, e_coeffs, rtol, atol):
+        """out (B,) is filled in place; nothing is returned."""
+        return None

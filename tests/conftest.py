@@ -16,6 +16,7 @@ if _loader.has_triton():
     # Decorate the kernels now, while TRITON_INTERPRET=1: a test that flips the variable later must not
     # be the first to import them (triton picks interpreter or compiler at decoration time).
     import fastflow.kernels.field  # noqa: E402, F401
+    import fastflow.kernels.ode  # noqa: E402, F401
 
 
 @pytest.fixture(autouse=True)

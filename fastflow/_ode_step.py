@@ -1,0 +1,133 @@
+"""The per-step updates of the Runge-Kutta solvers: stage combinations and the scaled error norm.
+
+This module is the contract between the integration loop (fastflow/ode.py) and the fused step kernels: the loop
+calls only these two functions, whose signatures stay fixed. Each validates its arguments and dispatches, as the
+field engine does (:func:`fastflow.field.select_backend`):
+
+- ``triton``: one fused kernel per call (:mod:`fastflow.kernels.ode`, launched by :mod:`fastflow._ode_step_triton`);
+  the default for CUDA tensors when Triton is installed.
+- ``torch``: the C++ ops ``fastflow::rk_combine_`` / ``rk_error_norm_`` on the CPU when ``fastflow._C`` is built,
+  else one batched GEMM over the stages (:mod:`fastflow._ode_step_torch`); the default otherwise.
+- ``reference``: plain torch, one stage at a time (:mod:`fastflow._ode_step_reference`).
+
+The environment variable ``FASTFLOW_BACKEND`` forces one of them. Every fast path reads each stage with a nonzero
+coefficient once, accumulating in float32 (float64 for float64 states).
+
+Shapes: y, y_new (B, ...) state (any float dtype); K (S, B, ...) stage derivatives of y's dtype, K[j] = f at stage
+j; h (B,) per-sample step in the *time* dtype (may differ from the state dtype; cast in the kernels; h < 0 for
+backward integration).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ._ode_step_reference import combine_reference, error_norm_reference
+from ._ode_step_torch import combine_torch, error_norm_torch
+from .field import select_backend
+
+
+def _check(y: torch.Tensor, K: torch.Tensor, h: torch.Tensor, coeffs: Sequence[float], what: str):
+    """Validate the shared arguments; return (B, h as a (B,) tensor, coefficients as a tuple of floats)."""
+    if not isinstance(y, torch.Tensor) or y.dim() < 1 or not y.is_floating_point():
+        raise ValueError(f"y must be a floating tensor of shape (B, ...); got {getattr(y, 'shape', type(y))}")
+    B = y.shape[0]
+    if not isinstance(K, torch.Tensor) or K.dim() != y.dim() + 1 or K.shape[1:] != y.shape:
+        raise ValueError(f"K must have shape (S, *y.shape) = (S, {', '.join(map(str, y.shape))}); "
+                         f"got {getattr(K, 'shape', type(K))}")
+    if K.dtype != y.dtype or K.device != y.device:
+        raise ValueError(f"K must have y's dtype and device ({y.dtype}, {y.device}); got {K.dtype}, {K.device}")
+    coeffs = tuple(float(c) for c in coeffs)
+    if len(coeffs) > K.shape[0]:
+        raise ValueError(f"{len(coeffs)} {what} for K with {K.shape[0]} stages")
+    if not isinstance(h, torch.Tensor) or not h.is_floating_point() or h.device != y.device:
+        raise ValueError(f"h must be a floating tensor on y's device ({y.device}); got {h!r:.80}")
+    if h.numel() == 1 and B != 1:
+        h = h.reshape(1).expand(B)
+    if h.shape != (B,):
+        raise ValueError(f"h must have shape ({B},) (one step per sample); got {tuple(h.shape)}")
+    return B, h, coeffs
+
+
+def _rows(v: torch.Tensor, lead: tuple[int, ...]) -> torch.Tensor:
+    """v as (*lead, n) with contiguous columns: a view when the layout allows, else a contiguous copy."""
+    try:
+        r = v.view(*lead, -1)
+    except RuntimeError:
+        return v.reshape(*lead, -1).contiguous()
+    return r if r.stride(-1) == 1 else r.contiguous()
+
+
+def _out_rows(out: torch.Tensor, B: int) -> torch.Tensor | None:
+    """out as a writable (B, n) view with contiguous columns, or None when its layout has none."""
+    try:
+        r = out.view(B, -1)
+    except RuntimeError:
+        return None
+    return r if r.stride(-1) == 1 else None
+
+
+def combine(y: torch.Tensor, K: torch.Tensor, h: torch.Tensor, coeffs: Sequence[float], *,
+            out: torch.Tensor | None = None) -> torch.Tensor:
+    """out = y + h * sum_j coeffs[j] K[j]  (j < len(coeffs); zero coefficients skipped).
+
+    Args:
+        y: (B, d).  K: (S, B, d) with S >= len(coeffs).  h: (B,).  coeffs: Python floats.
+        out: optional (B, d) buffer of y's dtype (may not alias K; out = y updates y in place).
+
+    Returns:
+        (B, d) in y's dtype.
+    """
+    B, h, coeffs = _check(y, K, h, coeffs, "coefficients")
+    if out is not None and (out.shape != y.shape or out.dtype != y.dtype or out.device != y.device):
+        raise ValueError(f"out must have y's shape, dtype and device ({tuple(y.shape)}, {y.dtype}, {y.device}); "
+                         f"got {tuple(out.shape)}, {out.dtype}, {out.device}")
+    name = select_backend(y.device)
+    if name == "reference" or y.numel() == 0 or not any(c != 0.0 for c in coeffs):
+        return combine_reference(y, K, h, coeffs, out=out)  # nothing to fuse: a copy of y
+    y2 = _rows(y, (B,))
+    K3 = _rows(K[:len(coeffs)], (len(coeffs), B))
+    o2 = _out_rows(out, B) if out is not None else torch.empty_like(y2, memory_format=torch.contiguous_format)
+    target = o2 if o2 is not None else torch.empty_like(y2, memory_format=torch.contiguous_format)
+    if name == "triton":
+        from ._ode_step_triton import combine_triton
+
+        combine_triton(y2, K3, h, coeffs, target)
+    else:
+        combine_torch(y2, K3, h, coeffs, target)
+    if out is None:
+        return target.view(y.shape)
+    if o2 is None:
+        out.copy_(target.view(y.shape))
+    return out
+
+
+def error_norm(y: torch.Tensor, y_new: torch.Tensor, K: torch.Tensor, h: torch.Tensor, e_coeffs: Sequence[float],
+               rtol: float, atol: float) -> torch.Tensor:
+    """Per-sample RMS of the scaled embedded error (Hairer, Norsett & Wanner, Solving ODEs I, II.4 eq. 4.11).
+
+    err = h * sum_j e_coeffs[j] K[j];  sc = atol + rtol * max(|y|, |y_new|);  norm_i = sqrt(mean_d (err / sc)^2).
+
+    Args:
+        y, y_new: (B, d).  K: (S, B, d).  h: (B,).  e_coeffs: Python floats (b - b_hat).
+
+    Returns:
+        (B,) in float32 for float32/16 states, float64 for float64 states.
+    """
+    B, h, e_coeffs = _check(y, K, h, e_coeffs, "error coefficients")
+    if not isinstance(y_new, torch.Tensor) or y_new.shape != y.shape or y_new.dtype != y.dtype \
+            or y_new.device != y.device:
+        raise ValueError(f"y_new must have y's shape, dtype and device ({tuple(y.shape)}, {y.dtype}, {y.device}); "
+                         f"got {getattr(y_new, 'shape', type(y_new))}")
+    name = select_backend(y.device)
+    if name == "reference" or y.numel() == 0 or not any(c != 0.0 for c in e_coeffs):
+        return error_norm_reference(y, y_new, K, h, e_coeffs, rtol, atol)
+    y2 = _rows(y, (B,))
+    n2 = _rows(y_new, (B,))
+    K3 = _rows(K[:len(e_coeffs)], (len(e_coeffs), B))
+    if name == "triton":
+        from ._ode_step_triton import error_norm_triton
+
+        return error_norm_triton(y2, n2, K3, h, e_coeffs, rtol, atol)
+    return error_norm_torch(y2, n2, K3, h, e_coeffs, rtol, atol)
