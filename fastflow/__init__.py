@@ -7,6 +7,9 @@ from . import pfgm
 from ._loader import backends
 from .families import Family, Gaussian, Poisson, RadialCDF, RectifiedFlow
 from .field import FieldStats
+from .likelihood import LikelihoodResult, log_likelihood
+from .ode import ODEResult, odeint
+from .samplers import Oracle, SampleResult, edm_sample, edm_sigmas, family_sample, flow_sample, straightness
 from .targets import pfgmpp_target, stf_target
 
 __version__ = "0.1.0"
@@ -14,4 +17,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Family", "Poisson", "Gaussian", "RadialCDF", "RectifiedFlow", "FieldStats",
     "pfgm", "pfgmpp_target", "stf_target", "backends",
+    "odeint", "ODEResult",
+    "log_likelihood", "LikelihoodResult",
+    "edm_sample", "edm_sigmas", "flow_sample", "family_sample", "Oracle", "SampleResult", "straightness",
 ]

@@ -5,6 +5,8 @@
   B=128, R=4096, d=3072); :func:`target` streams over the reference set instead, in O((B + R) d) memory.
 - :func:`prior`: the prior on the plane z = z_max, exact by default, or clipped as the official code does.
 - :func:`hyperparameters`: the official M, z_max and upper_norm for a dataset.
+- :func:`sample`: the backward ODE dx/dz = v_x / v_z from z_max to z_min in log z, on the device with per-sample
+  steps (the official sampler runs scipy's RK45 on the CPU in float64, copying the state at every evaluation).
 """
 from __future__ import annotations
 
@@ -189,4 +191,85 @@ def hyperparameters(data, *, tau: float = 0.03, sigma: float = 0.01) -> dict:
     return {"M": M, "z_max": math.sqrt(2 / math.pi) * sigma * growth, "upper_norm": math.sqrt(d) * sigma * growth}
 
 
-__all__ = ["perturb", "target", "prior", "hyperparameters"]
+def _split_field(out, B: int, shape: tuple, d: int):
+    """net_fn's output as (v_x (B, d), v_z (B,)): a (B, d+1) tensor, or a tuple (v_x (B, *shape), v_z (B,))."""
+    if isinstance(out, (tuple, list)):
+        if len(out) != 2:
+            raise ValueError(f"net_fn must return a (B, d+1) tensor or a tuple (v_x, v_z); got a tuple of {len(out)}")
+        vx, vz = out
+        if not isinstance(vx, torch.Tensor) or vx.shape[0] != B or math.prod(vx.shape[1:]) != d:
+            raise ValueError(f"net_fn's v_x must have shape ({B}, *{shape}); got {getattr(vx, 'shape', vx)}")
+        if not isinstance(vz, torch.Tensor) or vz.reshape(-1).shape != (B,):
+            raise ValueError(f"net_fn's v_z must have shape ({B},); got {getattr(vz, 'shape', vz)}")
+        return vx.reshape(B, d), vz.reshape(B)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (B, d + 1):
+        raise ValueError(f"net_fn must return a ({B}, {d + 1}) tensor (the field, z last) or a tuple (v_x, v_z); "
+                         f"got {getattr(out, 'shape', type(out).__name__)}")
+    return out[:, :d], out[:, d]
+
+
+def sample(net_fn, x_init, *, z_max, z_min: float = 1e-3, method: str = "dopri5", rtol: float = 1e-4,
+           atol: float = 1e-4, steps: int | None = None, z_exp: float | None = None, gamma: float = 5.0,
+           vz_max: float = -1e-5, max_steps: int = 10_000, callback=None, progress: bool = False):
+    """PFGM's sampler: dx/dz = v_x / v_z backward from z_max to z_min, in t' = log z (MATH.md §5).
+
+    dx/dt' = z v_x / v_z, solved by :func:`fastflow.odeint` with each sample on its own clock and step size (the
+    official code solves one shared ODE with scipy's RK45, z the batch mean, on the CPU).
+
+    v_z of a sound field is negative (it points down towards the data plane z = 0). The official denominator
+    v_z + 1e-5 blows up when a network predicts v_z near -1e-5 and flips the direction for v_z > -1e-5; here
+    v_z is clamped to at most ``vz_max`` (-1e-5) instead, so the step dz/dt' never changes sign or explodes.
+
+    With ``z_exp``, for z < z_exp v_z is replaced by PFGM's substitution (Appendix B.2.3):
+    v_z = -sqrt(d) z / (sqrt((gamma n / (1 - n))^2 + z^2) + gamma), n = ||v_x|| / sqrt(d) (n kept below 1).
+
+    Args:
+        net_fn: ``net_fn(x, z)`` with x (n, *shape), z (n,) in x's dtype, returning the normalised field: a
+            (n, d+1) tensor (z part last, as :func:`target`) or a tuple (v_x (n, *shape), v_z (n,)).
+        x_init: (B, *shape) points on the plane z = z_max (:func:`prior`).
+        z_max: float or (B,) tensor, the start height.  z_min: the end height (official 1e-3), 0 < z_min < z_max.
+        method, rtol, atol, steps, max_steps, callback, progress: as :func:`fastflow.odeint` (official: RK45 with
+            rtol = atol = 1e-4, hence dopri5 and 1e-4 by default).
+        z_exp: None (default: off), or the height below which v_z is substituted.
+        gamma: the target's gamma (official 5), used by the substitution.
+        vz_max: the clamp of v_z (a negative number).
+
+    Returns:
+        :class:`fastflow.samplers.SampleResult`: x (B, *shape), nfe (B,), success (B,), t (B,) = log z reached.
+    """
+    from .samplers import SampleResult
+    from .ode import odeint
+
+    if not callable(net_fn):
+        raise TypeError(f"net_fn must be callable as net_fn(x, z), got {type(net_fn).__name__}")
+    x_init = V.tensor("x_init", x_init)
+    B, shape = x_init.shape[0], tuple(x_init.shape[1:])
+    d = math.prod(shape)
+    zmax = V.times("z_max", z_max, B, dtype=torch.float64, device=x_init.device)
+    z_min = V.number("z_min", z_min)
+    if B and not bool((zmax > z_min).all()):
+        raise ValueError(f"z_max must be > z_min ({z_min}) for every sample")
+    if z_exp is not None:
+        z_exp = V.number("z_exp", z_exp)
+    gamma = V.number("gamma", gamma, strict=False)
+    if isinstance(vz_max, bool) or not isinstance(vz_max, numbers.Real) or not vz_max < 0:
+        raise ValueError(f"vz_max must be a negative number (v_z is clamped to at most it), got {vz_max!r}")
+    sqrt_d = math.sqrt(d)
+
+    def f(x, t):  # t = log z, (n,) in x's dtype
+        z = torch.exp(t)
+        vx, vz = _split_field(net_fn(x, z), x.shape[0], shape, d)
+        vx, vz = vx.to(x.dtype), vz.to(x.dtype)
+        if z_exp is not None:
+            n = (torch.linalg.vector_norm(vx, dim=1) / sqrt_d).clamp(max=1 - 1e-6)
+            sub = -sqrt_d * z / (torch.sqrt((gamma * n / (1 - n)) ** 2 + z * z) + gamma)
+            vz = torch.where(z < z_exp, sub, vz)
+        vz = vz.clamp(max=vz_max)
+        return (vx * (z / vz)[:, None]).reshape(x.shape)
+
+    res = odeint(f, x_init, torch.log(zmax), math.log(z_min), method=method, rtol=rtol, atol=atol, steps=steps,
+                 max_steps=max_steps, callback=callback, progress=progress)
+    return SampleResult(x=res.x, nfe=res.nfe, success=res.success, t=res.t)
+
+
+__all__ = ["perturb", "target", "prior", "hyperparameters", "sample"]
