@@ -57,6 +57,18 @@ def seed_everything(seed: int) -> None:
 # ---------------------------------------------------------------------------------------------------- timing
 
 
+def start_run(args) -> torch.device:
+    """The common start of every benchmark's main(): the device (refusing --device cuda without CUDA), torch's
+    thread count (--threads) and the seeds (--seed)."""
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda, but torch.cuda.is_available() is False")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    return device
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -361,6 +373,38 @@ def utc_now() -> str:
 
 
 # ------------------------------------------------------------------------------------------------ JSON output
+
+
+def start_notes(meta: dict) -> None:
+    """Before a run: the threading environment, and a warning when the cores are already busy."""
+    if meta["thread_env"]:
+        print(f"threading environment: {meta['thread_env']}")
+    if (meta["cpu_pressure_avg10"] or 0) > 10:
+        print(f"note: CPU pressure (PSI some avg10) is {meta['cpu_pressure_avg10']:.0f}%: the cores are shared, "
+              "CPU timings will be noisy")
+
+
+def pressure_note(rows, device: torch.device, why: str) -> None:
+    """After a CPU run, say so if other processes competed for the cores (PSI 'some' avg10 above 10%)."""
+    worst = max((r.get("cpu_pressure_avg10") or 0.0 for r in rows), default=0.0)
+    if device.type == "cpu" and worst > 10:
+        print(f"\nnote: CPU pressure (PSI 'some' avg10) reached {worst:.0f}% during this run: other processes competed "
+              f"for the cores. {why}; rerun on a quiet machine, or compare --threads 1.")
+
+
+def write_results(out_path: Path, *, benchmark: str, description: str, run_ts: str, device: torch.device,
+                  meta: dict, elapsed: float, goals, merged, n_new: int, kept: int, **last_run_extra) -> None:
+    """Write a benchmark's JSON file ({benchmark, description, last_run, goals, rows}) and say so."""
+    import sys
+    write_json_atomic(out_path, {
+        "benchmark": benchmark,
+        "description": description,
+        "last_run": {"timestamp": run_ts, "argv": sys.argv[1:], "device": device.type,
+                     "device_name": meta["device_name"], "elapsed_s": elapsed, **last_run_extra},
+        "goals": goals,
+        "rows": merged,
+    })
+    print(f"\nwrote {n_new} rows to {out_path}" + (f" ({kept} earlier rows kept)" if kept else ""))
 
 
 def write_json_atomic(path: Path, obj) -> None:

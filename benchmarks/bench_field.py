@@ -411,12 +411,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda, but torch.cuda.is_available() is False")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    C.seed_everything(args.seed)
+    device = C.start_run(args)
     torch.set_float32_matmul_precision("highest")  # true fp32 GEMMs everywhere (MATH.md §7: tf32 is opt-in)
 
     info = fastflow.backends()
@@ -435,11 +430,7 @@ def main(argv=None) -> int:
           f"triton {meta['triton']}, python {meta['python']}, fastflow {meta['fastflow']} (C ext: {info['C']})")
     print(f"providers: {', '.join(args.providers)}; fastflow backends benchmarked here: {', '.join(ff_backends)}")
     print(f"peak memory: {meta['mem_method']}")
-    if meta["thread_env"]:
-        print(f"threading environment: {meta['thread_env']}")
-    if (meta["cpu_pressure_avg10"] or 0) > 10:
-        print(f"note: CPU pressure (PSI some avg10) is {meta['cpu_pressure_avg10']:.0f}%: the cores are shared, "
-              "CPU timings will be noisy")
+    C.start_notes(meta)
 
     t_start = time.perf_counter()
     with C.fp32_ieee_matmul():
@@ -472,21 +463,13 @@ def main(argv=None) -> int:
     for g in goals:
         print(f"  [{g['status']:4s}] {g['scope']}: {g['goal']} -- {g['detail']}")
 
-    worst = max((r.get("cpu_pressure_avg10") or 0.0 for r in rows), default=0.0)
-    if device.type == "cpu" and worst > 10:
-        print(f"\nnote: CPU pressure (PSI 'some' avg10) reached {worst:.0f}% during this run: other processes competed "
-              "for the cores. Each parallel region of a multi-threaded op can then stall for a scheduler tick (~4 ms), "
-              "which hurts providers made of many small ops most; rerun on a quiet machine, or compare --threads 1.")
+    C.pressure_note(rows, device, "Each parallel region of a multi-threaded op can then stall for a scheduler "
+                    "tick (~4 ms), which hurts providers made of many small ops most")
 
-    C.write_json_atomic(out_path, {
-        "benchmark": "bench_field",
-        "description": "PFGM target fastflow.pfgm.target(x, z, ref): providers side by side (see bench_field.py)",
-        "last_run": {"timestamp": run_ts, "argv": sys.argv[1:], "device": device.type,
-                     "device_name": meta["device_name"], "elapsed_s": elapsed, "machine_sgemm": mc},
-        "goals": goals,
-        "rows": merged,
-    })
-    print(f"\nwrote {len(rows)} rows to {out_path}" + (f" ({kept} earlier rows kept)" if kept else ""))
+    C.write_results(out_path, benchmark="bench_field",
+                    description="PFGM target fastflow.pfgm.target(x, z, ref): providers side by side (see bench_field.py)",
+                    run_ts=run_ts, device=device, meta=meta, elapsed=elapsed, goals=goals, merged=merged,
+                    n_new=len(rows), kept=kept, machine_sgemm=mc)
     return 0
 
 

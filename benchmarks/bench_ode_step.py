@@ -9,7 +9,7 @@ Per size (B, d) and dtype, three calls of a dopri5 step, each timed for every pr
 Providers:
 
 - ``reference``: :mod:`fastflow._ode_step_reference`, one ``add_`` per stage (what the solvers ran before);
-- ``torch_bmm``: the batched-GEMM form (``use_ext=False``: the torch backend without the extension);
+- ``torch_bmm``: the batched-GEMM form (``use_ext_op=False``: the torch backend without the extension);
 - ``fastflow_C`` (CPU): the C++ ops ``fastflow::rk_combine_`` / ``rk_error_norm_`` (the torch backend's default);
 - ``triton`` (CUDA): the fused kernels (:mod:`fastflow.kernels.ode`).
 
@@ -53,9 +53,9 @@ def providers(device: torch.device, y, K, h, y_new, out):
             "error_norm": lambda: error_norm_reference(y, y_new, K, h, E_DOPRI5, RTOL, ATOL),
         },
         "torch_bmm": {
-            "combine_b": lambda: combine_torch(y, K, h, B_DOPRI5, out, use_ext=False),
-            "combine_a5": lambda: combine_torch(y, K[:4], h, A5_DOPRI5, out, use_ext=False),
-            "error_norm": lambda: error_norm_torch(y, y_new, K, h, E_DOPRI5, RTOL, ATOL, use_ext=False),
+            "combine_b": lambda: combine_torch(y, K, h, B_DOPRI5, out, use_ext_op=False),
+            "combine_a5": lambda: combine_torch(y, K[:4], h, A5_DOPRI5, out, use_ext_op=False),
+            "error_norm": lambda: error_norm_torch(y, y_new, K, h, E_DOPRI5, RTOL, ATOL, use_ext_op=False),
         },
     }
     if device.type == "cpu" and fastflow.backends()["C"]:

@@ -522,12 +522,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda, but torch.cuda.is_available() is False")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    C.seed_everything(args.seed)
+    device = C.start_run(args)
 
     info = fastflow.backends()
     run_ts = C.utc_now()
@@ -589,23 +584,14 @@ def main(argv=None) -> int:
     for g in goals:
         print(f"  [{g['status']:4s}] {g['scope']}: {g['goal']} -- {g['detail']}")
 
-    worst = max((r.get("cpu_pressure_avg10") or 0.0 for r in rows), default=0.0)
-    if device.type == "cpu" and worst > 10:
-        print(f"\nnote: CPU pressure (PSI 'some' avg10) reached {worst:.0f}% during this run: other processes competed "
-              "for the cores; the interleaved randn pairing keeps the '/ randn' ratios comparable.")
+    C.pressure_note(rows, device, "The interleaved randn pairing keeps the '/ randn' ratios comparable")
 
-    C.write_json_atomic(out_path, {
-        "benchmark": "bench_prior",
-        "description": "prior draws x_T = T g / ||h|| (PFGM D=1, PFGM++ D>1): providers side by side "
-                       "(see bench_prior.py)",
-        "last_run": {"timestamp": run_ts, "argv": sys.argv[1:], "device": device.type,
-                     "device_name": meta["device_name"], "elapsed_s": elapsed,
-                     "fastflow_C": info["C"], "FASTFLOW_DISABLE_C": os.environ.get("FASTFLOW_DISABLE_C"),
-                     "fastflow_torchpath_skipped": torchpath_skip},
-        "goals": goals,
-        "rows": merged,
-    })
-    print(f"\nwrote {len(rows)} rows to {out_path}" + (f" ({kept} earlier rows kept)" if kept else ""))
+    C.write_results(out_path, benchmark="bench_prior",
+                    description="prior draws x_T = T g / ||h|| (PFGM D=1, PFGM++ D>1): providers side by side "
+                                "(see bench_prior.py)",
+                    run_ts=run_ts, device=device, meta=meta, elapsed=elapsed, goals=goals, merged=merged,
+                    n_new=len(rows), kept=kept, fastflow_C=info["C"],
+                    FASTFLOW_DISABLE_C=os.environ.get("FASTFLOW_DISABLE_C"), fastflow_torchpath_skipped=torchpath_skip)
     return 0
 
 

@@ -33,11 +33,11 @@ TORCH_LIBRARY(fastflow, m) {
   // The fused step updates of the Runge-Kutta solvers (rk_step.cpp; specification in
   // fastflow/_ode_step_reference.py), one pass over the stages K (S, B, d) each; h (B,) float64.
   // rk_combine_: out (B, d) = y + h sum_j coeffs[j] K[j] (out may be y itself).
-  m.def("rk_combine_(Tensor(a!) out, Tensor y, Tensor K, Tensor h, float[] coeffs) -> ()");
+  m.def("rk_combine_(Tensor(a!) out, Tensor y, Tensor[] K, Tensor h, float[] coeffs) -> ()");
   // rk_error_norm_: out (B,) = sqrt(mean_d (h sum_j e_coeffs[j] K[j] / (atol + rtol max(|y|, |y_new|)))^2),
   // float64 for float64 states, else float32.
   m.def(
-      "rk_error_norm_(Tensor(a!) out, Tensor y, Tensor y_new, Tensor K, Tensor h, float[] e_coeffs, float rtol, "
+      "rk_error_norm_(Tensor(a!) out, Tensor y, Tensor y_new, Tensor[] K, Tensor h, float[] e_coeffs, float rtol, "
       "float atol) -> ()");
 }
 

@@ -1,7 +1,7 @@
 // CPU kernels of fastflow::rk_combine_ and fastflow::rk_error_norm_, the fused step updates of the Runge-Kutta
 // solvers (specification: fastflow/_ode_step_reference.py).
 //
-// Both are one pass over the stage buffers. A row is cut into tiles of kTile columns (fixed, whatever the thread
+// Both are one pass over the stage buffers (the stages are separate (B, d) tensors: f's outputs, uncopied). A row is cut into tiles of kTile columns (fixed, whatever the thread
 // count); per tile, acc = sum_j c_j K_j is built in a stack buffer that stays in L1 (4 KiB for float32), up to 4
 // stages streamed side by side per loop, then combined with y (and y_new). Zero coefficients are skipped. Each loop
 // is a plain SIMD loop over the tile. At (B, d) = (1000, 3072) float32 this moves ~45 GB/s on 2 cores, 1.7x the
@@ -81,17 +81,17 @@ FASTFLOW_RK_INLINE void group_sum(acc_t* __restrict__ acc, const scalar_t* const
   }
 }
 
-// acc[0, n) = sum_s c_s K[j_s][0, n) over the ns > 0 stages st, with K pointing at the tile's first element of
-// stage 0. The stages go in groups of up to 4 per loop (the terms are added in stage order either way).
+// acc[0, n) = sum_s c_s K[j_s][0, n) over the ns > 0 stages st, K[j] pointing at the tile's first element of
+// stage j. The stages go in groups of up to 4 per loop (the terms are added in stage order either way).
 template <typename scalar_t, typename acc_t>
-FASTFLOW_RK_INLINE void stage_sum(acc_t* __restrict__ acc, const scalar_t* K, int64_t stride_ks,
-                                  const Stage<acc_t>* st, int64_t ns, int64_t n) {
+FASTFLOW_RK_INLINE void stage_sum(acc_t* __restrict__ acc, const scalar_t* const* K, const Stage<acc_t>* st,
+                                  int64_t ns, int64_t n) {
   for (int64_t s0 = 0; s0 < ns; s0 += 4) {
     const scalar_t* k[4];
     acc_t c[4];
     const int64_t g = std::min<int64_t>(4, ns - s0);
     for (int64_t q = 0; q < g; ++q) {
-      k[q] = K + st[s0 + q].j * stride_ks;
+      k[q] = K[st[s0 + q].j];
       c[q] = st[s0 + q].c;
     }
     const bool add = s0 > 0;
@@ -110,10 +110,10 @@ FASTFLOW_RK_INLINE void stage_sum(acc_t* __restrict__ acc, const scalar_t* K, in
 
 // One tile of rk_combine_: o[0, n) = y[0, n) + h sum_s c_s K_s[0, n). o may be y (read before written).
 template <typename scalar_t, typename acc_t>
-FASTFLOW_RK_INLINE void combine_tile(scalar_t* o, const scalar_t* y, const scalar_t* K, int64_t stride_ks,
+FASTFLOW_RK_INLINE void combine_tile(scalar_t* o, const scalar_t* y, const scalar_t* const* K,
                                      const Stage<acc_t>* st, int64_t ns, acc_t h, int64_t n) {
   acc_t acc[kTile];
-  stage_sum(acc, K, stride_ks, st, ns, n);
+  stage_sum(acc, K, st, ns, n);
   for (int64_t i = 0; i < n; ++i) o[i] = static_cast<scalar_t>(static_cast<acc_t>(y[i]) + h * acc[i]);
 }
 
@@ -121,10 +121,10 @@ FASTFLOW_RK_INLINE void combine_tile(scalar_t* o, const scalar_t* y, const scala
 // the reference's order of operations, squares summed in double in kLanes fixed lanes.
 template <typename scalar_t, typename acc_t>
 FASTFLOW_RK_INLINE double error_tile(const scalar_t* __restrict__ y, const scalar_t* __restrict__ yn,
-                                     const scalar_t* K, int64_t stride_ks, const Stage<acc_t>* st, int64_t ns,
+                                     const scalar_t* const* K, const Stage<acc_t>* st, int64_t ns,
                                      acc_t h, acc_t rtol, acc_t atol, int64_t n) {
   acc_t acc[kTile];
-  stage_sum(acc, K, stride_ks, st, ns, n);
+  stage_sum(acc, K, st, ns, n);
   for (int64_t i = 0; i < n; ++i) {
     const acc_t a = std::abs(static_cast<acc_t>(y[i]));
     const acc_t b = std::abs(static_cast<acc_t>(yn[i]));
@@ -142,16 +142,34 @@ FASTFLOW_RK_INLINE double error_tile(const scalar_t* __restrict__ y, const scala
 }
 
 // The float32 hot path, compiled once per SIMD level.
-FASTFLOW_RK_CLONES void combine_tile_f(float* o, const float* y, const float* K, int64_t stride_ks,
-                                       const Stage<float>* st, int64_t ns, float h, int64_t n) {
-  combine_tile<float, float>(o, y, K, stride_ks, st, ns, h, n);
+FASTFLOW_RK_CLONES void combine_tile_f(float* o, const float* y, const float* const* K, const Stage<float>* st,
+                                       int64_t ns, float h, int64_t n) {
+  combine_tile<float, float>(o, y, K, st, ns, h, n);
 }
 
-FASTFLOW_RK_CLONES double error_tile_f(const float* y, const float* yn, const float* K, int64_t stride_ks,
+FASTFLOW_RK_CLONES double error_tile_f(const float* y, const float* yn, const float* const* K,
                                        const Stage<float>* st, int64_t ns, float h, float rtol, float atol,
                                        int64_t n) {
-  return error_tile<float, float>(y, yn, K, stride_ks, st, ns, h, rtol, atol, n);
+  return error_tile<float, float>(y, yn, K, st, ns, h, rtol, atol, n);
 }
+
+// The stages as separate (B, d) tensors (the solver keeps f's outputs as they come, no copy into one buffer):
+// each stage's data pointer and row stride; tile() gives the pointers to (row, col0) of every stage.
+template <typename scalar_t>
+struct StagePtrs {
+  std::vector<const scalar_t*> base;
+  std::vector<int64_t> row_stride;
+  explicit StagePtrs(at::TensorList K) {
+    for (const at::Tensor& k : K) {
+      base.push_back(k.const_data_ptr<scalar_t>());
+      row_stride.push_back(k.stride(0));
+    }
+  }
+  void tile(int64_t row, int64_t col0, const scalar_t** out) const {
+    for (size_t j = 0; j < base.size(); ++j) out[j] = base[j] + row * row_stride[j] + col0;
+  }
+};
+constexpr int64_t kMaxStages = 16;
 
 // Calls fn(row, col0, n) for every tile of a (B, d) array, tiles split across threads in contiguous runs.
 template <typename F>
@@ -169,7 +187,7 @@ void for_each_tile(int64_t B, int64_t d, F fn) {
 }
 
 template <typename scalar_t>
-void rk_combine_cpu_kernel(const at::Tensor& out, const at::Tensor& y, const at::Tensor& K, const at::Tensor& h,
+void rk_combine_cpu_kernel(const at::Tensor& out, const at::Tensor& y, at::TensorList K, const at::Tensor& h,
                            c10::ArrayRef<double> coeffs) {
   using acc_t = acc_type_t<scalar_t>;
   const int64_t B = y.size(0);
@@ -177,10 +195,10 @@ void rk_combine_cpu_kernel(const at::Tensor& out, const at::Tensor& y, const at:
   const auto st = nonzero_stages<acc_t>(coeffs);
   const int64_t ns = static_cast<int64_t>(st.size());
   const scalar_t* Y = y.const_data_ptr<scalar_t>();
-  const scalar_t* KP = K.const_data_ptr<scalar_t>();
+  const StagePtrs<scalar_t> KP(K);
   const double* H = h.const_data_ptr<double>();
   scalar_t* OUT = out.mutable_data_ptr<scalar_t>();
-  const int64_t sy = y.stride(0), sks = K.stride(0), skb = K.stride(1), so = out.stride(0);
+  const int64_t sy = y.stride(0), so = out.stride(0);
   for_each_tile(B, d, [&](int64_t row, int64_t col0, int64_t n, int64_t) {
     const scalar_t* __restrict__ yr = Y + row * sy + col0;
     scalar_t* o = OUT + row * so + col0;  // may be y itself (every element is read before it is written)
@@ -189,18 +207,19 @@ void rk_combine_cpu_kernel(const at::Tensor& out, const at::Tensor& y, const at:
       return;
     }
     const acc_t hr = static_cast<acc_t>(H[row]);
-    const scalar_t* k = KP + row * skb + col0;
+    const scalar_t* k[kMaxStages];
+    KP.tile(row, col0, k);
     if constexpr (std::is_same_v<scalar_t, float>) {
-      combine_tile_f(o, yr, k, sks, st.data(), ns, hr, n);
+      combine_tile_f(o, yr, k, st.data(), ns, hr, n);
     } else {
-      combine_tile<scalar_t, acc_t>(o, yr, k, sks, st.data(), ns, hr, n);
+      combine_tile<scalar_t, acc_t>(o, yr, k, st.data(), ns, hr, n);
     }
   });
 }
 
 template <typename scalar_t>
 void rk_error_norm_cpu_kernel(const at::Tensor& out, const at::Tensor& y, const at::Tensor& y_new,
-                              const at::Tensor& K, const at::Tensor& h, c10::ArrayRef<double> e_coeffs, double rtol,
+                              at::TensorList K, const at::Tensor& h, c10::ArrayRef<double> e_coeffs, double rtol,
                               double atol) {
   using acc_t = acc_type_t<scalar_t>;
   using out_t = acc_t;  // float32 norms for float32 / 16-bit states, float64 for float64
@@ -215,21 +234,22 @@ void rk_error_norm_cpu_kernel(const at::Tensor& out, const at::Tensor& y, const 
   }
   const scalar_t* Y = y.const_data_ptr<scalar_t>();
   const scalar_t* YN = y_new.const_data_ptr<scalar_t>();
-  const scalar_t* KP = K.const_data_ptr<scalar_t>();
+  const StagePtrs<scalar_t> KP(K);
   const double* H = h.const_data_ptr<double>();
-  const int64_t sy = y.stride(0), syn = y_new.stride(0), sks = K.stride(0), skb = K.stride(1);
+  const int64_t sy = y.stride(0), syn = y_new.stride(0);
   const acc_t rt = static_cast<acc_t>(rtol), at_ = static_cast<acc_t>(atol);
   const int64_t tiles_per_row = (d + kTile - 1) / kTile;
   std::vector<double> part(B * tiles_per_row);
   for_each_tile(B, d, [&](int64_t row, int64_t col0, int64_t n, int64_t tile) {
     const scalar_t* yr = Y + row * sy + col0;
     const scalar_t* ynr = YN + row * syn + col0;
-    const scalar_t* k = KP + row * skb + col0;
+    const scalar_t* k[kMaxStages];
+    KP.tile(row, col0, k);
     const acc_t hr = static_cast<acc_t>(H[row]);
     if constexpr (std::is_same_v<scalar_t, float>) {
-      part[tile] = error_tile_f(yr, ynr, k, sks, st.data(), ns, hr, rt, at_, n);
+      part[tile] = error_tile_f(yr, ynr, k, st.data(), ns, hr, rt, at_, n);
     } else {
-      part[tile] = error_tile<scalar_t, acc_t>(yr, ynr, k, sks, st.data(), ns, hr, rt, at_, n);
+      part[tile] = error_tile<scalar_t, acc_t>(yr, ynr, k, st.data(), ns, hr, rt, at_, n);
     }
   });
   for (int64_t row = 0; row < B; ++row) {
@@ -240,7 +260,7 @@ void rk_error_norm_cpu_kernel(const at::Tensor& out, const at::Tensor& y, const 
 }
 
 // Shapes, dtypes, layouts and devices the kernels index by raw pointer; messages name the argument.
-void check_rk_args(const char* op, const at::Tensor& y, const at::Tensor& K, const at::Tensor& h,
+void check_rk_args(const char* op, const at::Tensor& y, at::TensorList K, const at::Tensor& h,
                    c10::ArrayRef<double> coeffs) {
   TORCH_CHECK(y.dim() == 2, op, ": y must be 2-D (B, d); got shape ", y.sizes());
   const at::ScalarType dt = y.scalar_type();
@@ -250,13 +270,20 @@ void check_rk_args(const char* op, const at::Tensor& y, const at::Tensor& K, con
   const int64_t B = y.size(0);
   const int64_t d = y.size(1);
   TORCH_CHECK(y.stride(1) == 1 || d <= 1, op, ": y must have contiguous columns; got strides ", y.strides());
-  TORCH_CHECK(K.dim() == 3 && K.size(1) == B && K.size(2) == d, op, ": K must have shape (S, ", B, ", ", d,
-              ") for y of shape ", y.sizes(), "; got ", K.sizes());
-  TORCH_CHECK(K.size(0) >= static_cast<int64_t>(coeffs.size()), op, ": ", coeffs.size(),
-              " coefficients for K with ", K.size(0), " stages");
-  TORCH_CHECK(K.scalar_type() == dt, op, ": K must have the dtype of y (", dt, "); got ", K.scalar_type());
-  TORCH_CHECK(K.device() == y.device(), op, ": K must be on the device of y; got ", K.device());
-  TORCH_CHECK(K.stride(2) == 1 || d <= 1, op, ": K must have contiguous columns; got strides ", K.strides());
+  const int64_t S = static_cast<int64_t>(K.size());
+  TORCH_CHECK(S >= static_cast<int64_t>(coeffs.size()), op, ": ", coeffs.size(), " coefficients for K with ", S,
+              " stages");
+  TORCH_CHECK(S <= kMaxStages, op, ": at most ", kMaxStages, " stages; got ", S);
+  for (int64_t j = 0; j < S; ++j) {
+    const at::Tensor& k = K[j];
+    TORCH_CHECK(k.dim() == 2 && k.size(0) == B && k.size(1) == d, op, ": K[", j, "] must have shape (", B, ", ",
+                d, ") for y of shape ", y.sizes(), "; got ", k.sizes());
+    TORCH_CHECK(k.scalar_type() == dt, op, ": K[", j, "] must have the dtype of y (", dt, "); got ",
+                k.scalar_type());
+    TORCH_CHECK(k.device() == y.device(), op, ": K[", j, "] must be on the device of y; got ", k.device());
+    TORCH_CHECK(k.stride(1) == 1 || d <= 1, op, ": K[", j, "] must have contiguous columns; got strides ",
+                k.strides());
+  }
   TORCH_CHECK(h.dim() == 1 && h.size(0) == B, op, ": h must have shape (", B, ",); got ", h.sizes());
   TORCH_CHECK(h.scalar_type() == at::kDouble, op, ": h must be float64; got ", h.scalar_type());
   TORCH_CHECK(h.device() == y.device(), op, ": h must be on the device of y; got ", h.device());
@@ -264,7 +291,7 @@ void check_rk_args(const char* op, const at::Tensor& y, const at::Tensor& K, con
 }
 
 // fastflow::rk_combine_: out = y + h sum_j coeffs[j] K[j]; out (B, d) of y's dtype, may be y itself.
-void rk_combine_cpu(const at::Tensor& out, const at::Tensor& y, const at::Tensor& K, const at::Tensor& h,
+void rk_combine_cpu(const at::Tensor& out, const at::Tensor& y, at::TensorList K, const at::Tensor& h,
                     c10::ArrayRef<double> coeffs) {
   constexpr const char* op = "fastflow::rk_combine_";
   check_rk_args(op, y, K, h, coeffs);
@@ -275,7 +302,7 @@ void rk_combine_cpu(const at::Tensor& out, const at::Tensor& y, const at::Tensor
               out.strides());
   at::assert_no_internal_overlap(out);
   at::assert_no_partial_overlap(out, y);  // out == y (in-place update) is fine, a shifted view is not
-  at::assert_no_overlap(out, K);
+  for (const at::Tensor& k : K) at::assert_no_overlap(out, k);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "fastflow::rk_combine_", [&] {
     rk_combine_cpu_kernel<scalar_t>(out, y, K, h, coeffs);
   });
@@ -283,7 +310,7 @@ void rk_combine_cpu(const at::Tensor& out, const at::Tensor& y, const at::Tensor
 
 // fastflow::rk_error_norm_: out (B,) = sqrt(mean_d (h sum_j e_j K_j / (atol + rtol max(|y|, |y_new|)))^2);
 // out float64 for float64 states, else float32.
-void rk_error_norm_cpu(const at::Tensor& out, const at::Tensor& y, const at::Tensor& y_new, const at::Tensor& K,
+void rk_error_norm_cpu(const at::Tensor& out, const at::Tensor& y, const at::Tensor& y_new, at::TensorList K,
                        const at::Tensor& h, c10::ArrayRef<double> e_coeffs, double rtol, double atol) {
   constexpr const char* op = "fastflow::rk_error_norm_";
   check_rk_args(op, y, K, h, e_coeffs);

@@ -14,7 +14,7 @@ The environment variable ``FASTFLOW_BACKEND`` forces one of them. Every fast pat
 coefficient once, accumulating in float32 (float64 for float64 states).
 
 Shapes: y, y_new (B, ...) state (any float dtype); K (S, B, ...) stage derivatives of y's dtype, K[j] = f at stage
-j; h (B,) per-sample step in the *time* dtype (may differ from the state dtype; cast in the kernels; h < 0 for
+j, or a list of S tensors of y's shape (the solver passes f's outputs as they are: no copy into one buffer); h (B,) per-sample step in the *time* dtype (may differ from the state dtype; cast in the kernels; h < 0 for
 backward integration).
 """
 from __future__ import annotations
@@ -24,30 +24,51 @@ from collections.abc import Sequence
 import torch
 
 from ._ode_step_reference import combine_reference, error_norm_reference
-from ._ode_step_torch import combine_torch, error_norm_torch
+from ._ode_step_torch import combine_torch, error_norm_torch, use_ext
 from .field import select_backend
 
 
-def _check(y: torch.Tensor, K: torch.Tensor, h: torch.Tensor, coeffs: Sequence[float], what: str):
-    """Validate the shared arguments; return (B, h as a (B,) tensor, coefficients as a tuple of floats)."""
+def _check(y: torch.Tensor, K, h: torch.Tensor, coeffs: Sequence[float], what: str):
+    """Validate the shared arguments; return (B, h as a (B,) tensor, coefficients as a tuple of floats, the stages
+    as a list of (B, ...) tensors). K is an (S, B, ...) tensor or a sequence of S tensors of y's shape."""
     if not isinstance(y, torch.Tensor) or y.dim() < 1 or not y.is_floating_point():
         raise ValueError(f"y must be a floating tensor of shape (B, ...); got {getattr(y, 'shape', type(y))}")
     B = y.shape[0]
-    if not isinstance(K, torch.Tensor) or K.dim() != y.dim() + 1 or K.shape[1:] != y.shape:
-        raise ValueError(f"K must have shape (S, *y.shape) = (S, {', '.join(map(str, y.shape))}); "
-                         f"got {getattr(K, 'shape', type(K))}")
-    if K.dtype != y.dtype or K.device != y.device:
-        raise ValueError(f"K must have y's dtype and device ({y.dtype}, {y.device}); got {K.dtype}, {K.device}")
+    if isinstance(K, torch.Tensor):
+        if K.dim() != y.dim() + 1 or K.shape[1:] != y.shape:
+            raise ValueError(f"K must have shape (S, *y.shape) = (S, {', '.join(map(str, y.shape))}); "
+                             f"got {tuple(K.shape)}")
+        Ks = list(K.unbind(0))
+    elif isinstance(K, (list, tuple)) and all(isinstance(k, torch.Tensor) for k in K):
+        Ks = list(K)
+        if any(k.shape != y.shape for k in Ks):
+            raise ValueError(f"each stage K[j] must have y's shape {tuple(y.shape)}; got "
+                             f"{[tuple(k.shape) for k in Ks]}")
+    else:
+        raise ValueError(f"K must be an (S, *y.shape) tensor or a list of tensors of y's shape; got {type(K)}")
+    if any(k.dtype != y.dtype or k.device != y.device for k in Ks):
+        raise ValueError(f"K must have y's dtype and device ({y.dtype}, {y.device}); got "
+                         f"{sorted({(str(k.dtype), str(k.device)) for k in Ks})}")
     coeffs = tuple(float(c) for c in coeffs)
-    if len(coeffs) > K.shape[0]:
-        raise ValueError(f"{len(coeffs)} {what} for K with {K.shape[0]} stages")
+    if len(coeffs) > len(Ks):
+        raise ValueError(f"{len(coeffs)} {what} for K with {len(Ks)} stages")
     if not isinstance(h, torch.Tensor) or not h.is_floating_point() or h.device != y.device:
         raise ValueError(f"h must be a floating tensor on y's device ({y.device}); got {h!r:.80}")
     if h.numel() == 1 and B != 1:
         h = h.reshape(1).expand(B)
     if h.shape != (B,):
         raise ValueError(f"h must have shape ({B},) (one step per sample); got {tuple(h.shape)}")
-    return B, h, coeffs
+    return B, h, coeffs, Ks
+
+
+def _stages(K, Ks: list, n: int, B: int, stacked: bool):
+    """The first n stages for a fast path: a list of (B, d) row views (C++ op), or one (n, B, d) tensor (Triton,
+    GEMM fallback; a sequence K is stacked, a copy)."""
+    if not stacked:
+        return [_rows(k, (B,)) for k in Ks[:n]]
+    if isinstance(K, torch.Tensor):
+        return _rows(K[:n], (n, B))
+    return torch.stack([_rows(k, (B,)) for k in Ks[:n]])
 
 
 def _rows(v: torch.Tensor, lead: tuple[int, ...]) -> torch.Tensor:
@@ -57,6 +78,11 @@ def _rows(v: torch.Tensor, lead: tuple[int, ...]) -> torch.Tensor:
     except RuntimeError:
         return v.reshape(*lead, -1).contiguous()
     return r if r.stride(-1) == 1 else r.contiguous()
+
+
+def _uses_op(name: str, y: torch.Tensor) -> bool:
+    """Whether the torch backend will call the C++ op (which takes the stages as a list)."""
+    return name == "torch" and use_ext(y)
 
 
 def _out_rows(out: torch.Tensor, B: int) -> torch.Tensor | None:
@@ -79,15 +105,15 @@ def combine(y: torch.Tensor, K: torch.Tensor, h: torch.Tensor, coeffs: Sequence[
     Returns:
         (B, d) in y's dtype.
     """
-    B, h, coeffs = _check(y, K, h, coeffs, "coefficients")
+    B, h, coeffs, Ks = _check(y, K, h, coeffs, "coefficients")
     if out is not None and (out.shape != y.shape or out.dtype != y.dtype or out.device != y.device):
         raise ValueError(f"out must have y's shape, dtype and device ({tuple(y.shape)}, {y.dtype}, {y.device}); "
                          f"got {tuple(out.shape)}, {out.dtype}, {out.device}")
     name = select_backend(y.device)
     if name == "reference" or y.numel() == 0 or not any(c != 0.0 for c in coeffs):
-        return combine_reference(y, K, h, coeffs, out=out)  # nothing to fuse: a copy of y
+        return combine_reference(y, Ks, h, coeffs, out=out)  # nothing to fuse: a copy of y
     y2 = _rows(y, (B,))
-    K3 = _rows(K[:len(coeffs)], (len(coeffs), B))
+    K3 = _stages(K, Ks, len(coeffs), B, stacked=not _uses_op(name, y))
     o2 = _out_rows(out, B) if out is not None else torch.empty_like(y2, memory_format=torch.contiguous_format)
     target = o2 if o2 is not None else torch.empty_like(y2, memory_format=torch.contiguous_format)
     if name == "triton":
@@ -115,17 +141,17 @@ def error_norm(y: torch.Tensor, y_new: torch.Tensor, K: torch.Tensor, h: torch.T
     Returns:
         (B,) in float32 for float32/16 states, float64 for float64 states.
     """
-    B, h, e_coeffs = _check(y, K, h, e_coeffs, "error coefficients")
+    B, h, e_coeffs, Ks = _check(y, K, h, e_coeffs, "error coefficients")
     if not isinstance(y_new, torch.Tensor) or y_new.shape != y.shape or y_new.dtype != y.dtype \
             or y_new.device != y.device:
         raise ValueError(f"y_new must have y's shape, dtype and device ({tuple(y.shape)}, {y.dtype}, {y.device}); "
                          f"got {getattr(y_new, 'shape', type(y_new))}")
     name = select_backend(y.device)
     if name == "reference" or y.numel() == 0 or not any(c != 0.0 for c in e_coeffs):
-        return error_norm_reference(y, y_new, K, h, e_coeffs, rtol, atol)
+        return error_norm_reference(y, y_new, Ks, h, e_coeffs, rtol, atol)
     y2 = _rows(y, (B,))
     n2 = _rows(y_new, (B,))
-    K3 = _rows(K[:len(e_coeffs)], (len(e_coeffs), B))
+    K3 = _stages(K, Ks, len(e_coeffs), B, stacked=not _uses_op(name, y))
     if name == "triton":
         from ._ode_step_triton import error_norm_triton
 

@@ -36,15 +36,27 @@ def _has_C() -> bool:
     return _loader.has_C()
 
 
-def _use_ext(y: torch.Tensor, use_ext: bool) -> bool:
-    return use_ext and y.device.type == "cpu" and _has_C()
+def use_ext(y: torch.Tensor, allowed: bool = True) -> bool:
+    """Whether the C++ op serves y: a CPU tensor, with fastflow._C built."""
+    return allowed and y.device.type == "cpu" and _has_C()
+
+
+def _as_list(K) -> list[torch.Tensor]:
+    return list(K.unbind(0)) if isinstance(K, torch.Tensor) else list(K)
+
+
+def _as_stack(K, n: int) -> torch.Tensor:
+    return K[:n] if isinstance(K, torch.Tensor) else torch.stack(list(K[:n]))
 
 
 def combine_torch(y: torch.Tensor, K: torch.Tensor, h: torch.Tensor, coeffs: Sequence[float], out: torch.Tensor,
-                  *, use_ext: bool = True) -> torch.Tensor:
-    """out = y + h sum_j coeffs[j] K[j]; returns out (filled in place; out may be y itself)."""
-    if _use_ext(y, use_ext):
-        torch.ops.fastflow.rk_combine_(out, y, K, h.to(torch.float64).contiguous(), [float(c) for c in coeffs])
+                  *, use_ext_op: bool = True) -> torch.Tensor:
+    """out = y + h sum_j coeffs[j] K[j]; returns out (filled in place; out may be y itself).
+
+    K: (S, B, d) tensor or list of (B, d) tensors."""
+    if use_ext(y, use_ext_op):
+        torch.ops.fastflow.rk_combine_(out, y, _as_list(K), h.to(torch.float64).contiguous(),
+                                       [float(c) for c in coeffs])
         return out
     cdt = _compute_dtype(y.dtype)
     w, n = _weights(h, coeffs, cdt)
@@ -52,24 +64,25 @@ def combine_torch(y: torch.Tensor, K: torch.Tensor, h: torch.Tensor, coeffs: Seq
         return out.copy_(y)
     # B batched (1, n) @ (n, d) products: all the stage terms in one read of K
     with fp32_matmul_precision("ieee"):
-        res = torch.baddbmm(y.to(cdt).unsqueeze(1), w, K[:n].transpose(0, 1).to(cdt))
+        res = torch.baddbmm(y.to(cdt).unsqueeze(1), w, _as_stack(K, n).transpose(0, 1).to(cdt))
     return out.copy_(res.squeeze(1))
 
 
 def error_norm_torch(y: torch.Tensor, y_new: torch.Tensor, K: torch.Tensor, h: torch.Tensor,
-                     e_coeffs: Sequence[float], rtol: float, atol: float, *, use_ext: bool = True) -> torch.Tensor:
+                     e_coeffs: Sequence[float], rtol: float, atol: float, *,
+                     use_ext_op: bool = True) -> torch.Tensor:
     """(B,) sqrt(mean_d (h sum_j e_j K_j / (atol + rtol max(|y|, |y_new|)))^2), float64 for float64 states."""
     cdt = _compute_dtype(y.dtype)
     B, d = y.shape
-    if _use_ext(y, use_ext):
+    if use_ext(y, use_ext_op):
         out = torch.empty(B, dtype=cdt, device=y.device)
-        torch.ops.fastflow.rk_error_norm_(out, y, y_new, K, h.to(torch.float64).contiguous(),
+        torch.ops.fastflow.rk_error_norm_(out, y, y_new, _as_list(K), h.to(torch.float64).contiguous(),
                                           [float(c) for c in e_coeffs], float(rtol), float(atol))
         return out
     w, n = _weights(h, e_coeffs, cdt)
     if n == 0:
         return torch.zeros(B, dtype=cdt, device=y.device)
     with fp32_matmul_precision("ieee"):
-        err = torch.bmm(w, K[:n].transpose(0, 1).to(cdt)).squeeze(1)
+        err = torch.bmm(w, _as_stack(K, n).transpose(0, 1).to(cdt)).squeeze(1)
     sc = torch.maximum(y.to(cdt).abs(), y_new.to(cdt).abs()).mul_(rtol).add_(atol)
     return torch.linalg.vector_norm(err.div_(sc), dim=1).div_(math.sqrt(d))

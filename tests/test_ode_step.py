@@ -201,9 +201,9 @@ def test_torch_matches_reference(B, d, dtype, use_ext):
     """The CPU path: the C++ ops (ext), and the batched GEMM used without the extension (bmm)."""
     y, K, h, y_new = make_problem(B, d, dtype)
     label = "C++" if use_ext else "bmm"
-    check_combine(lambda y, K, h, c: combine_torch(y, K, h, c, torch.empty_like(y), use_ext=use_ext), y, K, h,
+    check_combine(lambda y, K, h, c: combine_torch(y, K, h, c, torch.empty_like(y), use_ext_op=use_ext), y, K, h,
                   dtype, label)
-    check_norm(lambda y, yn, K, h, e: error_norm_torch(y, yn, K, h, e, RTOL, ATOL, use_ext=use_ext), y, y_new, K,
+    check_norm(lambda y, yn, K, h, e: error_norm_torch(y, yn, K, h, e, RTOL, ATOL, use_ext_op=use_ext), y, y_new, K,
                h, dtype, label)
 
 
@@ -220,9 +220,9 @@ def test_ext_independent_of_thread_count(dtype):
         for n in (1, 2):
             torch.set_num_threads(n)
             out = torch.empty_like(y)
-            torch.ops.fastflow.rk_combine_(out, y, K, hd, DOPRI5_B)
+            torch.ops.fastflow.rk_combine_(out, y, list(K), hd, DOPRI5_B)
             norm = torch.empty(70, dtype=torch.float32)
-            torch.ops.fastflow.rk_error_norm_(norm, y, y_new, K, hd, DOPRI5_E, RTOL, ATOL)
+            torch.ops.fastflow.rk_error_norm_(norm, y, y_new, list(K), hd, DOPRI5_E, RTOL, ATOL)
             results[n] = (out, norm)
     finally:
         torch.set_num_threads(threads)
@@ -236,9 +236,9 @@ def test_ext_opcheck():
 
     y, K, h, y_new = make_problem(3, 5, torch.float32)
     hd = h.double()
-    torch.library.opcheck(torch.ops.fastflow.rk_combine_, (torch.empty_like(y), y, K, hd, DOPRI5_A[3]))
+    torch.library.opcheck(torch.ops.fastflow.rk_combine_, (torch.empty_like(y), y, list(K), hd, DOPRI5_A[3]))
     torch.library.opcheck(torch.ops.fastflow.rk_error_norm_,
-                          (torch.empty(3), y, y_new, K, hd, DOPRI5_E, RTOL, ATOL))
+                          (torch.empty(3), y, y_new, list(K), hd, DOPRI5_E, RTOL, ATOL))
 
 
 @needs_C
@@ -266,10 +266,10 @@ def test_compiles_fullgraph(monkeypatch):
 
 @needs_C
 @pytest.mark.parametrize("change, match", [
-    (dict(K=lambda K: K.double()), "K must have the dtype of y"),
+    (dict(K=lambda K: K.double()), r"K\[0\] must have the dtype of y"),
     (dict(h=lambda h: h.float()), "h must be float64"),
     (dict(h=lambda h: h[:2]), r"h must have shape \(3,\)"),
-    (dict(K=lambda K: K[:, :, :4]), r"K must have shape \(S, 3, 5\)"),
+    (dict(K=lambda K: K[:, :, :4]), r"K\[0\] must have shape \(3, 5\)"),
     (dict(coeffs=[1.0] * 8), "8 coefficients for K with 7 stages"),
     (dict(out=lambda o: o.t().contiguous().t()), "out must have contiguous columns"),
 ], ids=["K-dtype", "h-dtype", "h-shape", "K-shape", "too-many-coeffs", "out-layout"])
@@ -279,7 +279,7 @@ def test_ext_rejects_bad_arguments(change, match):
     for k, v in change.items():
         args[k] = v(args[k]) if callable(v) else v
     with pytest.raises(RuntimeError, match=match):
-        torch.ops.fastflow.rk_combine_(args["out"], args["y"], args["K"], args["h"], args["coeffs"])
+        torch.ops.fastflow.rk_combine_(args["out"], args["y"], list(args["K"]), args["h"], args["coeffs"])
 
 
 # --------------------------------------------------------------------------------------------------- dispatch
@@ -311,6 +311,10 @@ def test_dispatch_matches_reference(backend, dtype, monkeypatch):
     err = norm_err(n, y, y_new, K, h, DOPRI5_E)
     print(f"{backend} error_norm {dtype}: {err:.2e}")
     assert err <= TOL_NORM[dtype]
+    # the solver's form: the stages as a list of separate tensors (f's outputs, not copied into one buffer)
+    Kl = [k.clone() for k in K]
+    assert torch.equal(combine(y, Kl, h, DOPRI5_B), combine(y, K, h, DOPRI5_B))
+    assert torch.equal(error_norm(y, y_new, Kl, h, DOPRI5_E, RTOL, ATOL), n)
 
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])

@@ -85,6 +85,21 @@ def test_rotation(method, steps):
     assert torch.equal(r.t, t1)
 
 
+def test_rejected_steps_keep_the_fsal_stage():
+    """Rejected steps must restore x and dopri5's first-same-as-last stage f(x, t) for those rows only: a too-long
+    first step (h0) forces rejections in some rows while the others accept, and the result must still meet the
+    tolerance (a stale or overwritten FSAL stage gives errors of ~100 tol here)."""
+    t1 = torch.tensor([1.0, 2.5, 3.0, 2.0], dtype=F64, device=DEVICE)
+    x0 = torch.ones(4, 3, dtype=F64, device=DEVICE)
+    h0 = torch.tensor([0.01, 2.0, 0.01, 1.5], dtype=F64, device=DEVICE)
+    r = fastflow.odeint(t_growth, x0, 0.0, t1, rtol=1e-8, atol=1e-8, h0=h0)
+    exact = x0 * torch.exp(t1 ** 2 / 2)[:, None]
+    err = scaled_err(r.x, exact, 1e-8, 1e-8)
+    print("scaled err", err, "rejected", r.n_rejected.tolist())
+    assert int(r.n_rejected[1]) > 0 and int(r.n_rejected[3]) > 0
+    assert err < 10 and bool(r.success.all())
+
+
 def test_non_autonomous_per_sample_times_forward_and_backward():
     """Per-sample t0 and t1 tensors, both directions in one batch; f uses t, so a mixed-up row/time pairing
     after compaction would show."""
