@@ -94,17 +94,32 @@ def _out_rows(out: torch.Tensor, B: int) -> torch.Tensor | None:
     return r if r.stride(-1) == 1 else None
 
 
+def _direct_op(y: torch.Tensor) -> bool:
+    """The solver's fast path: a 2-D CPU state served by the C++ op (no FASTFLOW_BACKEND override)."""
+    return y.dim() == 2 and y.device.type == "cpu" and select_backend(y.device) == "torch" and use_ext(y)
+
+
+def _h64(h: torch.Tensor) -> torch.Tensor:
+    return h if h.dtype == torch.float64 and h.is_contiguous() else h.to(torch.float64).contiguous()
+
+
 def combine(y: torch.Tensor, K: torch.Tensor, h: torch.Tensor, coeffs: Sequence[float], *,
-            out: torch.Tensor | None = None) -> torch.Tensor:
+            out: torch.Tensor | None = None, check: bool = True) -> torch.Tensor:
     """out = y + h * sum_j coeffs[j] K[j]  (j < len(coeffs); zero coefficients skipped).
 
     Args:
         y: (B, d).  K: (S, B, d) with S >= len(coeffs).  h: (B,).  coeffs: Python floats.
         out: optional (B, d) buffer of y's dtype (may not alias K; out = y updates y in place).
+        check: False skips the argument checks (the solver's inner loop, ~35 us a call at small sizes): then y is
+            (B, d) with contiguous rows, K a list of such tensors, h (B,), coeffs a tuple of floats.
 
     Returns:
         (B, d) in y's dtype.
     """
+    if not check and out is None and isinstance(K, list) and _direct_op(y):
+        res = torch.empty_like(y)
+        torch.ops.fastflow.rk_combine_(res, y, K, _h64(h), coeffs)
+        return res
     B, h, coeffs, Ks = _check(y, K, h, coeffs, "coefficients")
     if out is not None and (out.shape != y.shape or out.dtype != y.dtype or out.device != y.device):
         raise ValueError(f"out must have y's shape, dtype and device ({tuple(y.shape)}, {y.dtype}, {y.device}); "
@@ -130,7 +145,7 @@ def combine(y: torch.Tensor, K: torch.Tensor, h: torch.Tensor, coeffs: Sequence[
 
 
 def error_norm(y: torch.Tensor, y_new: torch.Tensor, K: torch.Tensor, h: torch.Tensor, e_coeffs: Sequence[float],
-               rtol: float, atol: float) -> torch.Tensor:
+               rtol: float, atol: float, *, check: bool = True) -> torch.Tensor:
     """Per-sample RMS of the scaled embedded error (Hairer, Norsett & Wanner, Solving ODEs I, II.4 eq. 4.11).
 
     err = h * sum_j e_coeffs[j] K[j];  sc = atol + rtol * max(|y|, |y_new|);  norm_i = sqrt(mean_d (err / sc)^2).
@@ -138,9 +153,15 @@ def error_norm(y: torch.Tensor, y_new: torch.Tensor, K: torch.Tensor, h: torch.T
     Args:
         y, y_new: (B, d).  K: (S, B, d).  h: (B,).  e_coeffs: Python floats (b - b_hat).
 
+        check: False skips the argument checks (as :func:`combine`).
+
     Returns:
         (B,) in float32 for float32/16 states, float64 for float64 states.
     """
+    if not check and isinstance(K, list) and _direct_op(y):
+        res = torch.empty(y.shape[0], dtype=torch.float64 if y.dtype == torch.float64 else torch.float32)
+        torch.ops.fastflow.rk_error_norm_(res, y, y_new, K, _h64(h), e_coeffs, float(rtol), float(atol))
+        return res
     B, h, e_coeffs, Ks = _check(y, K, h, e_coeffs, "error coefficients")
     if not isinstance(y_new, torch.Tensor) or y_new.shape != y.shape or y_new.dtype != y.dtype \
             or y_new.device != y.device:

@@ -141,11 +141,11 @@ class RungeKutta:
         K = [fn(x, t) if k0 is None else k0]
         xj = x
         for j in range(1, S):
-            xj = _ode_step.combine(x, K, h, self.a[j])
+            xj = _ode_step.combine(x, K, h, self.a[j], check=False)
             K.append(fn(xj, t_next if self.c[j] == 1.0 else t + self.c[j] * h))
         if self.fsal:  # a[-1] == b: the last stage's input is x_new itself
             return xj, K
-        return _ode_step.combine(x, K, h, self.b), K
+        return _ode_step.combine(x, K, h, self.b, check=False), K
 
 
 class Euler(RungeKutta):
@@ -274,8 +274,23 @@ class _RHS:
     def __init__(self, f, shape, io_dtype, state_dtype, nfe, with_index: bool):
         self.f, self.shape, self.io_dtype, self.state_dtype = f, tuple(shape), io_dtype, state_dtype
         self.nfe, self.with_index = nfe, with_index
-        self.idx: torch.Tensor = torch.empty(0, dtype=torch.long, device=nfe.device)
-        self._one = torch.ones(1, dtype=torch.long, device=nfe.device)
+        self._idx: torch.Tensor = torch.empty(0, dtype=torch.long, device=nfe.device)
+        self._pending = 0  # calls on the current rows not yet added to nfe (one index_add_ per batch change)
+
+    def flush(self) -> None:
+        """Add the pending evaluations to nfe (before the rows change, and before nfe is read)."""
+        if self._pending:
+            self.nfe.index_add_(0, self._idx, self.nfe.new_full((self._idx.numel(),), self._pending))
+            self._pending = 0
+
+    @property
+    def idx(self) -> torch.Tensor:
+        return self._idx
+
+    @idx.setter
+    def idx(self, value: torch.Tensor) -> None:
+        self.flush()
+        self._idx = value
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
@@ -291,7 +306,7 @@ class _RHS:
             raise TypeError(f"f must return a floating-point tensor, got {out.dtype}")
         if out.device != x.device:
             raise ValueError(f"f returned a tensor on {out.device}, expected {x.device} (the device of x)")
-        self.nfe.index_add_(0, self.idx, self._one.expand(n))
+        self._pending += 1
         return out.reshape(n, -1).to(self.state_dtype)
 
 
@@ -355,10 +370,11 @@ def _integrate(meth: RungeKutta, rhs: _RHS, x_full, t_full, t1_full, success, n_
         h_try = torch.where(lands, rem, h)
         t_next = torch.where(lands, t1, t + h_try)
         x_new, K = meth.step(rhs, x, t, h_try, t_next, k0)
-        # max |x_new| per row: one read pass (isfinite(x).all() writes and re-reads a bool copy); NaN propagates
-        finite = torch.isfinite(torch.linalg.vector_norm(x_new, ord=math.inf, dim=1))
+        # max |x_new| per row (NaN propagates): 0.26 ms at (1000, 3072) fp32, against 2.8 ms for
+        # isfinite(x).all(dim=1) and 4.4 ms for vector_norm(ord=inf); a row sum would be faster but can overflow
+        finite = torch.isfinite(x_new.abs().amax(dim=1))
         if meth.adaptive:
-            err = _ode_step.error_norm(x, x_new, K, h_try, meth.e, rtol, atol).to(t.dtype)
+            err = _ode_step.error_norm(x, x_new, K, h_try, meth.e, rtol, atol, check=False).to(t.dtype)
             finite &= torch.isfinite(err)
             accept = finite & (err <= 1.0)
             h = h_try * _pi_factor(err, err_prev, accept, finite, rejected_prev, k)
@@ -403,6 +419,7 @@ def _integrate(meth: RungeKutta, rhs: _RHS, x_full, t_full, t1_full, success, n_
         n_acc.index_add_(0, idx, accept.long())
 
         if callback is not None and bool((st & 8).any()):
+            rhs.flush()
             pos = (st & 8).nonzero().squeeze(1).to(device)
             m = pos.numel()
             callback(StepInfo(step=it, index=idx.index_select(0, pos), t=t.index_select(0, pos),
@@ -590,6 +607,7 @@ def odeint(f: Callable[..., torch.Tensor], x0: torch.Tensor, t0: float | torch.T
             _integrate(meth, rhs, x, t, t1, success, n_acc, n_rej, steps=steps, h0=h0, rtol=rtol, atol=atol,
                        max_steps=max_steps, callback=callback, bar=bar)
     finally:
+        rhs.flush()
         if bar is not None:
             bar.close()
     return ODEResult(x=x.reshape(B, *shape).to(io_dtype), t=t, nfe=nfe, success=success, n_accepted=n_acc,
