@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything a lent GPU machine should do for fastflow, in one call (device time is scarce):
-#   build fastflow._C with its CUDA sources, run the tests on CUDA, run the benchmarks.
+#   build fastflow._C with its CUDA sources, run the tests on CUDA, run the benchmarks (field, ode_step, prior,
+#   solvers). The whole run needs more than one 10-minute device call: split it by commenting sections out.
 # Logs and JSON go to $OUT when set (the device tool's folder), else benchmarks/results/; commit the JSON,
 # which names the device in every row. Usage: bash benchmarks/gpu_session.sh [bench_field.py args...]
 set -uo pipefail
@@ -20,3 +21,7 @@ echo "== bench_ode_step"
 for dt in float32 bfloat16; do
   python3 benchmarks/bench_ode_step.py --dtype "$dt" --out "$out/ode_step_$gpu.json" 2>&1 | tee -a "$out/bench_ode_step_$gpu.log" | tail -14
 done
+echo "== bench_prior"
+python3 benchmarks/bench_prior.py --out "$out/prior_$gpu.json" 2>&1 | tee "$out/bench_prior_$gpu.log" | tail -30
+echo "== bench_solvers (peers that are not installed are skipped with a note)"
+python3 benchmarks/bench_solvers.py --device cuda --out "$out/solvers_$gpu.json" 2>&1 | tee "$out/bench_solvers_$gpu.log" | tail -30
