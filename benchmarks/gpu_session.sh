@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything a lent GPU machine should do for fastflow, in one call (device time is scarce):
+# Everything a lent GPU machine should do for fastflow (device time is scarce):
 #   build fastflow._C with its CUDA sources, run the tests on CUDA, run the benchmarks (field, ode_step, prior,
 #   solvers). The whole run needs more than one 10-minute device call: split it by commenting sections out.
 # Logs and JSON go to $OUT when set (the device tool's folder), else benchmarks/results/; commit the JSON,
