@@ -26,17 +26,8 @@
 #include "checks.h"
 #include "draw_math.h"
 #include "philox.h"
+#include "simd.h"
 
-// Multi-versioning: GCC >= 6 and clang >= 14 on x86-64 ELF (an ifunc resolver picks the clone at load time).
-#if defined(__x86_64__) && defined(__ELF__) && defined(__has_attribute)
-#if __has_attribute(target_clones) && (!defined(__clang__) || __clang_major__ >= 14)
-#define FASTFLOW_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#endif
-#endif
-#ifndef FASTFLOW_CLONES
-#define FASTFLOW_CLONES
-#endif
-#define FASTFLOW_INLINE inline __attribute__((always_inline))
 
 namespace fastflow {
 namespace {

@@ -22,18 +22,9 @@
 #include <type_traits>
 #include <vector>
 
-// Multi-versioning of the float32 tile functions (as in draw.cpp): AVX-512, AVX2 and baseline x86-64, picked at load
-// time. They give bitwise the same results: each element's terms are added in stage order, -ffp-contract=off (no
-// fused multiply-adds), and the sum of squares is in 8 fixed lanes whatever the SIMD width.
-#if defined(__x86_64__) && defined(__ELF__) && defined(__has_attribute)
-#if __has_attribute(target_clones) && (!defined(__clang__) || __clang_major__ >= 14)
-#define FASTFLOW_RK_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#endif
-#endif
-#ifndef FASTFLOW_RK_CLONES
-#define FASTFLOW_RK_CLONES
-#endif
-#define FASTFLOW_RK_INLINE inline __attribute__((always_inline))
+#include "simd.h"
+
+// The float32 tile functions are multi-versioned (simd.h), like draw.cpp's.
 
 namespace fastflow {
 namespace {
@@ -66,7 +57,7 @@ std::vector<Stage<acc_t>> nonzero_stages(c10::ArrayRef<double> coeffs) {
 
 // acc[0, n) = (acc[0, n) if ADD) + sum_{g < G} c[g] k[g][0, n): G stages streamed side by side in one loop.
 template <int G, bool ADD, typename scalar_t, typename acc_t>
-FASTFLOW_RK_INLINE void group_sum(acc_t* __restrict__ acc, const scalar_t* const* k, const acc_t* c, int64_t n) {
+FASTFLOW_INLINE void group_sum(acc_t* __restrict__ acc, const scalar_t* const* k, const acc_t* c, int64_t n) {
   const scalar_t* __restrict__ k0 = k[0];
   const scalar_t* __restrict__ k1 = k[G > 1 ? 1 : 0];
   const scalar_t* __restrict__ k2 = k[G > 2 ? 2 : 0];
@@ -84,7 +75,7 @@ FASTFLOW_RK_INLINE void group_sum(acc_t* __restrict__ acc, const scalar_t* const
 // acc[0, n) = sum_s c_s K[j_s][0, n) over the ns > 0 stages st, K[j] pointing at the tile's first element of
 // stage j. The stages go in groups of up to 4 per loop (the terms are added in stage order either way).
 template <typename scalar_t, typename acc_t>
-FASTFLOW_RK_INLINE void stage_sum(acc_t* __restrict__ acc, const scalar_t* const* K, const Stage<acc_t>* st,
+FASTFLOW_INLINE void stage_sum(acc_t* __restrict__ acc, const scalar_t* const* K, const Stage<acc_t>* st,
                                   int64_t ns, int64_t n) {
   for (int64_t s0 = 0; s0 < ns; s0 += 4) {
     const scalar_t* k[4];
@@ -110,7 +101,7 @@ FASTFLOW_RK_INLINE void stage_sum(acc_t* __restrict__ acc, const scalar_t* const
 
 // One tile of rk_combine_: o[0, n) = y[0, n) + h sum_s c_s K_s[0, n). o may be y (read before written).
 template <typename scalar_t, typename acc_t>
-FASTFLOW_RK_INLINE void combine_tile(scalar_t* o, const scalar_t* y, const scalar_t* const* K,
+FASTFLOW_INLINE void combine_tile(scalar_t* o, const scalar_t* y, const scalar_t* const* K,
                                      const Stage<acc_t>* st, int64_t ns, acc_t h, int64_t n) {
   acc_t acc[kTile];
   stage_sum(acc, K, st, ns, n);
@@ -120,7 +111,7 @@ FASTFLOW_RK_INLINE void combine_tile(scalar_t* o, const scalar_t* y, const scala
 // One tile of rk_error_norm_: the sum over [0, n) of (h sum_s e_s K_s / (max(|y|, |y_new|) rtol + atol))^2, in
 // the reference's order of operations, squares summed in double in kLanes fixed lanes.
 template <typename scalar_t, typename acc_t>
-FASTFLOW_RK_INLINE double error_tile(const scalar_t* __restrict__ y, const scalar_t* __restrict__ yn,
+FASTFLOW_INLINE double error_tile(const scalar_t* __restrict__ y, const scalar_t* __restrict__ yn,
                                      const scalar_t* const* K, const Stage<acc_t>* st, int64_t ns,
                                      acc_t h, acc_t rtol, acc_t atol, int64_t n) {
   acc_t acc[kTile];
@@ -142,12 +133,12 @@ FASTFLOW_RK_INLINE double error_tile(const scalar_t* __restrict__ y, const scala
 }
 
 // The float32 hot path, compiled once per SIMD level.
-FASTFLOW_RK_CLONES void combine_tile_f(float* o, const float* y, const float* const* K, const Stage<float>* st,
+FASTFLOW_CLONES void combine_tile_f(float* o, const float* y, const float* const* K, const Stage<float>* st,
                                        int64_t ns, float h, int64_t n) {
   combine_tile<float, float>(o, y, K, st, ns, h, n);
 }
 
-FASTFLOW_RK_CLONES double error_tile_f(const float* y, const float* yn, const float* const* K,
+FASTFLOW_CLONES double error_tile_f(const float* y, const float* yn, const float* const* K,
                                        const Stage<float>* st, int64_t ns, float h, float rtol, float atol,
                                        int64_t n) {
   return error_tile<float, float>(y, yn, K, st, ns, h, rtol, atol, n);

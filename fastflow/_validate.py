@@ -147,3 +147,15 @@ def sample_device(device, gen) -> torch.device:
     if isinstance(gen, torch.Generator):
         return gen.device
     return torch.get_default_device()
+
+
+def f_output(out, shape: tuple, hint: str = "") -> torch.Tensor:
+    """What a user's velocity f returned: a floating tensor of the given shape (the x it was given)."""
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"f must return a torch.Tensor dx/dt, got {type(out).__name__}")
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"f returned shape {tuple(out.shape)}, expected {tuple(shape)} (the shape of the x it was "
+                         f"given{hint})")
+    if not out.is_floating_point():
+        raise TypeError(f"f must return a floating-point tensor, got {out.dtype}")
+    return out

@@ -116,15 +116,7 @@ class _Augmented:
         self.probes = probes  # (B, P, d) Rademacher in x's dtype, or None for the exact trace
 
     def _call_f(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        out = self.f(x, t)
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"f must return a torch.Tensor dx/dt, got {type(out).__name__}")
-        if tuple(out.shape) != tuple(x.shape):
-            raise ValueError(f"f returned shape {tuple(out.shape)}, expected {tuple(x.shape)} (the shape of the x it "
-                             "was given)")
-        if not out.is_floating_point():
-            raise TypeError(f"f must return a floating-point tensor, got {out.dtype}")
-        return out
+        return V.f_output(self.f(x, t), x.shape)
 
     def _directions(self, idx: torch.Tensor, n: int) -> torch.Tensor:
         """(n, P, d) the vectors v of the quadratic forms v^T (df/dx) v summed (exact) or averaged (Hutchinson)."""

@@ -297,13 +297,7 @@ class _RHS:
         xin = x.reshape(n, *self.shape).to(self.io_dtype)
         tin = t.to(self.io_dtype)
         out = self.f(xin, tin, self.idx) if self.with_index else self.f(xin, tin)
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"f must return a torch.Tensor dx/dt, got {type(out).__name__}")
-        if tuple(out.shape) != tuple(xin.shape):
-            raise ValueError(f"f returned shape {tuple(out.shape)}, expected {tuple(xin.shape)} (the shape of the x it "
-                             "was given: only the samples still integrating are passed)")
-        if not out.is_floating_point():
-            raise TypeError(f"f must return a floating-point tensor, got {out.dtype}")
+        V.f_output(out, xin.shape, ": only the samples still integrating are passed")
         if out.device != x.device:
             raise ValueError(f"f returned a tensor on {out.device}, expected {x.device} (the device of x)")
         self._pending += 1

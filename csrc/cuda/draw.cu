@@ -18,6 +18,7 @@
 #include "../checks.h"
 #include "../draw_math.h"
 #include "../philox.h"
+#include "block_reduce.cuh"
 
 namespace fastflow {
 namespace {
@@ -27,19 +28,6 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 
-// Sum of v over the block, returned to every thread; the trailing __syncthreads lets smem be reused.
-__device__ double block_sum(double v, double* smem) {
-  for (int lane_mask = 16; lane_mask > 0; lane_mask >>= 1) v += __shfl_xor_sync(0xffffffffu, v, lane_mask);
-  const int lane = threadIdx.x % 32;
-  const int warp = threadIdx.x / 32;
-  if (lane == 0) smem[warp] = v;
-  __syncthreads();
-  double r = smem[0];
-#pragma unroll
-  for (int w = 1; w < kWarps; ++w) r += smem[w];
-  __syncthreads();
-  return r;
-}
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) draw_kernel(
@@ -75,7 +63,7 @@ __global__ void __launch_bounds__(kThreads) draw_kernel(
         ss += double(z[k]) * double(z[k]);
       }
     }
-    ss = block_sum(ss, smem);
+    ss = block_allreduce<kWarps>(ss, SumOp{}, smem);
     rho = radial_inverse_cdf(kind, seed, row, offset) / sqrt(ss);
     const double c = scale[i] * rho;
     for (int64_t q = threadIdx.x; q < groups; q += kThreads) {

@@ -17,6 +17,7 @@
 
 #include "../checks.h"
 #include "../field_math.h"
+#include "block_reduce.cuh"
 
 namespace fastflow {
 namespace {
@@ -48,33 +49,12 @@ struct ArgMinOp {
     return x.j <= y.j ? x : y;
   }
 };
-struct SumOp {
-  __device__ double operator()(double x, double y) const { return x + y; }
-};
-
-__device__ inline double shfl_xor(double v, int lane_mask) { return __shfl_xor_sync(0xffffffffu, v, lane_mask); }
 template <typename scalar_t>
 __device__ ArgMin<scalar_t> shfl_xor(ArgMin<scalar_t> v, int lane_mask) {
   return {__shfl_xor_sync(0xffffffffu, v.s, lane_mask),
           static_cast<int64_t>(__shfl_xor_sync(0xffffffffu, static_cast<long long>(v.j), lane_mask))};
 }
 
-// Reduces v over the block and returns the result to every thread. smem holds kWarps partials; the trailing
-// __syncthreads lets the caller reuse it for the next reduction. Every thread combines the warp partials in the
-// same order, so all threads see the same value.
-template <typename T, typename Op>
-__device__ T block_allreduce(T v, Op op, T* smem) {
-  for (int lane_mask = 16; lane_mask > 0; lane_mask >>= 1) v = op(v, shfl_xor(v, lane_mask));
-  const int lane = threadIdx.x % 32;
-  const int warp = threadIdx.x / 32;
-  if (lane == 0) smem[warp] = v;
-  __syncthreads();
-  T r = smem[0];
-#pragma unroll
-  for (int w = 1; w < kWarps; ++w) r = op(r, smem[w]);
-  __syncthreads();
-  return r;
-}
 
 template <typename scalar_t, int KIND>
 __global__ void __launch_bounds__(kThreads) field_step_kernel(
@@ -109,7 +89,7 @@ __global__ void __launch_bounds__(kThreads) field_step_kernel(
     row[j] = s;
     part = ArgMinOp{}(part, ArgMin<scalar_t>{s, j});
   }
-  const ArgMin<scalar_t> chunk = block_allreduce(part, ArgMinOp{}, smem_min);
+  const ArgMin<scalar_t> chunk = block_allreduce<kWarps>(part, ArgMinOp{}, smem_min);
   const scalar_t s_old = smin[i];
   const scalar_t s_new = nan_min(s_old, chunk.s);
   const RelLogWeight<KIND, scalar_t> rel(s_new, t[i], p, q);
@@ -123,8 +103,8 @@ __global__ void __launch_bounds__(kThreads) field_step_kernel(
     sum += double(w);
     sum2 += double(w) * double(w);
   }
-  sum = block_allreduce(sum, SumOp{}, smem_sum);
-  sum2 = block_allreduce(sum2, SumOp{}, smem_sum);
+  sum = block_allreduce<kWarps>(sum, SumOp{}, smem_sum);
+  sum2 = block_allreduce<kWarps>(sum2, SumOp{}, smem_sum);
 
   if (threadIdx.x == 0) {
     // The first chunk (s_old = inf) has no previous sums to rescale.
