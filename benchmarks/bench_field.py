@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 import fastflow  # noqa: E402
+import fastflow.field  # noqa: E402
 from fastflow._official import pfgm_target_official  # noqa: E402
 
 #: name -> (B, R, d). The CPU goal size is the one the CPU goals are judged at.
@@ -418,7 +419,7 @@ def main(argv=None) -> int:
     ff_backends = [b for b in ("torch", "triton") if b in info["field_backends"]]
     if device.type == "cpu":
         ff_backends = [b for b in ff_backends if b != "triton"]  # interpreter only: not benchmarked
-    default_backend = "triton" if device.type == "cuda" and "triton" in ff_backends else "torch"
+    default_backend = fastflow.field.select_backend(device)
     run_ts = C.utc_now()
     meta = dict(benchmark="bench_field", timestamp=run_ts, **C.device_info(device), **C.versions(),
                 fastflow_C=info["C"], fastflow_C_cuda=info["C_cuda"], matmul_precision="ieee",

@@ -346,17 +346,23 @@ def test_errors():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 def test_cuda_matches_cpu(kind, param, dtype):
     """The same (seed, offset) on CUDA and on the CPU: the same Philox words, so the outputs agree up to the last
-    ulps of log/sin/cos (libdevice against glibc) and the order of the row sums: rtol 1e-5 in float32 (~80 ulp,
-    room for sinf/cosf near 2 pi), 1e-12 in float64."""
+    ulps of log/sin/cos (libdevice against our polynomials) and the order of the row sums.
+
+    Each side is within 3.2 r 2^-24 (float32) of float64 Box-Muller, an error on the scale of the row, not of the
+    element (an element near a zero of cos(2 pi u) is a small difference of accurate terms): so each element's
+    difference is measured against |cpu| + the row's RMS. Tolerance 4e-6 in float32 (2 x 3.2 x r <= 4.5 x 2^-24,
+    plus the row sums), 1e-12 in float64. Seen on an H100: 1.66e-5 against |cpu| alone (floored at 1e-2), that is
+    ~1.7e-7 of the row scale."""
     n, d = 67, 1031  # a partial last group, and rows longer than one block's 256 threads x 4 elements
     x0 = torch.randn(n, d, dtype=dtype)
     a, scale = torch.rand(n, dtype=torch.float64), torch.rand(n, dtype=torch.float64) + 0.5
     cpu = run(n, d, 99, 5, kind, param, x0, a, scale, dtype)
     out = torch.empty(n, d, dtype=dtype, device="cuda")
     OP(out, x0.cuda(), a.cuda(), scale.cuda(), 99, 5, kind, param)
-    err = float(((out.cpu() - cpu).abs() / cpu.abs().clamp_min(1e-2)).max())
-    print(f"kind {kind} {dtype}: CUDA vs CPU max rel err {err:.2e}")
-    assert err < (1e-5 if dtype == torch.float32 else 1e-12)
+    rms = cpu.double().pow(2).mean(1, keepdim=True).sqrt()
+    err = float(((out.cpu().double() - cpu.double()).abs() / (cpu.double().abs() + rms)).max())
+    print(f"kind {kind} {dtype}: CUDA vs CPU max err (of |cpu| + row RMS) {err:.2e}")
+    assert err < (4e-6 if dtype == torch.float32 else 1e-12)
     # and one launch is deterministic
     again = torch.empty_like(out)
     OP(again, x0.cuda(), a.cuda(), scale.cuda(), 99, 5, kind, param)
