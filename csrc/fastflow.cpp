@@ -1,8 +1,8 @@
 // The extension module fastflow._C: the schemas of the fastflow:: operators, and a minimal Python module.
 //
 // Importing fastflow._C loads this library, whose static TORCH_LIBRARY / TORCH_LIBRARY_IMPL blocks register
-// the ops in torch.ops.fastflow; the kernels live in field_step.cpp, draw.cpp and
-// rk_step.cpp (CPU) and cuda/*.cu (CUDA).
+// the ops in torch.ops.fastflow; the kernels live in field_step.cpp, draw.cpp,
+// rk_step.cpp and rk_control.cpp (CPU) and cuda/*.cu (CUDA).
 // The module itself only says whether the CUDA kernels were compiled in (WITH_CUDA, read by
 // fastflow/_loader.py). It is written against Python's C API rather than pybind11 / <torch/extension.h>:
 // with that header this file takes 19 s to compile instead of 4 s, for one attribute.
@@ -39,6 +39,13 @@ TORCH_LIBRARY(fastflow, m) {
   m.def(
       "rk_error_norm_(Tensor(a!) out, Tensor y, Tensor y_new, Tensor[] K, Tensor h, float[] e_coeffs, float rtol, "
       "float atol) -> ()");
+  // rk_control_ (rk_control.cpp; specification: control_reference in fastflow/_ode_control.py): the per-sample
+  // step-size control of the adaptive solvers after a trial step, on (n,) tensors in the time dtype (err and xmax,
+  // the trial state's max |x| per row, in any float dtype); status (n, 6) bool: done, stalled, bad, accept, lands,
+  // rejected; gains: safety, fac_min, fac_max, alpha/k, beta/k, 1/k, err_prev_min, land_stretch.
+  m.def(
+      "rk_control_(Tensor(a!) t, Tensor(b!) h, Tensor(c!) h_try, Tensor(d!) t_next, Tensor(e!) err_prev, "
+      "Tensor(f!) status, Tensor t1, Tensor err, Tensor xmax, float[] gains) -> ()");
 }
 
 namespace {

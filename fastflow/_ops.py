@@ -32,3 +32,8 @@ if _loader.has_C():  # importing _C here is what registers the ops this module r
     def _rk_error_norm_fake(out, y, y_new, K, h, e_coeffs, rtol, atol):
         """out (B,) is filled in place; nothing is returned."""
         return None
+
+    @torch.library.register_fake("fastflow::rk_control_")
+    def _rk_control_fake(t, h, h_try, t_next, err_prev, status, t1, err, xmax, gains):
+        """t, h, h_try, t_next, err_prev (n,) and status (n, 6) are updated in place; nothing is returned."""
+        return None

@@ -36,6 +36,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from . import _ode_control as _ctl
 from . import _ode_step
 from . import _validate as V
 
@@ -143,7 +144,7 @@ class RungeKutta:
         xj = x
         for j in range(1, S):
             xj = _ode_step.combine(x, K, h, self.a[j], check=False)
-            K.append(fn(xj, t_next if self.c[j] == 1.0 else t + self.c[j] * h))
+            K.append(fn(xj, t_next if self.c[j] == 1.0 else torch.add(t, h, alpha=self.c[j])))
         if self.fsal:  # a[-1] == b: the last stage's input is x_new itself
             return xj, K
         return _ode_step.combine(x, K, h, self.b, check=False), K
@@ -209,20 +210,6 @@ METHODS: dict[str, type[RungeKutta]] = {m.name: m for m in (Euler, Heun, RK4, Do
 # ----------------------------------------------------------------------------------------------------------------
 # Step-size control (adaptive methods)
 
-#: PI controller (Gustafsson 1991; Hairer & Wanner, Solving ODEs II, IV.2 eq. (2.43c)):
-#: h_new = h * SAFETY * err^(-alpha/k) * err_prev^(beta/k), k = error_order + 1, factor clamped to [FAC_MIN, FAC_MAX].
-#: alpha/k = 0.17, beta/k = 0.04 are Hairer's DOPRI5 gains (beta = 0.04). Gustafsson's 0.7/0.4 settled the error
-#: at ~0.17 tol and took 1.3-1.4x the evaluations (benchmarks/bench_solvers.py: 86 vs 68 calls on the analytic
-#: workload, 32.5k vs 24.9k sample-evaluations on the PFGM oracle) for accuracy nobody asked for.
-PI_ALPHA, PI_BETA = 0.85, 0.2
-SAFETY, FAC_MIN, FAC_MAX = 0.9, 0.2, 10.0
-#: floor of the previous error in the PI term (Hairer's DOPRI5 uses 1e-4): a near-zero error cannot make the next
-#: factor explode through err_prev^beta.
-ERR_PREV_MIN = 1e-4
-#: Hairer's landing rule: a step that would end within 1% of t1 is stretched to land on it (no sliver step).
-LAND_STRETCH = 1.01
-
-
 def _initial_step(fn, x, t, t1, f0, k: int, rtol: float, atol: float) -> torch.Tensor:
     """Starting step size per sample (Hairer, Norsett & Wanner, Solving ODEs I, II.4, "Starting Step Size").
 
@@ -252,17 +239,6 @@ def _initial_step(fn, x, t, t1, f0, k: int, rtol: float, atol: float) -> torch.T
     h = torch.minimum(100.0 * h0, h1)
     h = torch.where(torch.isfinite(d2), h, h0)  # f blew up at the probe: keep the cautious h0
     return direction * torch.minimum(h, span)
-
-
-def _pi_factor(err, err_prev, accept, finite, rejected_prev, k: int) -> torch.Tensor:
-    """(n,) factor h_new / h per sample: PI on accepted steps, I (err^(-1/k), at most 1) on rejected ones,
-    FAC_MIN where the error is not finite; no growth on the step after a rejection (Hairer's DOPRI5)."""
-    e = err.clamp_min(1e-10)  # err = 0 (an exact step): the clamp to FAC_MAX decides
-    fac_acc = (SAFETY * e.pow(-PI_ALPHA / k) * err_prev.pow(PI_BETA / k)).clamp(FAC_MIN, FAC_MAX)
-    fac_acc = torch.where(rejected_prev, fac_acc.clamp_max(1.0), fac_acc)
-    fac_rej = (SAFETY * e.pow(-1.0 / k)).clamp(FAC_MIN, 1.0)
-    fac_rej = torch.where(finite, fac_rej, torch.full_like(fac_rej, FAC_MIN))
-    return torch.where(accept, fac_acc, fac_rej)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -325,9 +301,12 @@ def _integrate(meth: RungeKutta, rhs: _RHS, x_full, t_full, t1_full, success, n_
     """Advance every sample with t != t1 until it lands on t1 (success), its step underflows, or max_steps steps.
 
     x_full: (B, d) state dtype; t_full, t1_full: (B,) time dtype; success, n_acc, n_rej: (B,) written in place.
-    One host sync per iteration: (n, 4) bool flags (landed / stalled / f non-finite / accepted) read back to
-    decide which samples leave the batch. A stalled sample (t + h == t) that has had trial steps with non-finite
-    values raises FloatingPointError (f is NaN/inf ahead of it); one without stops with success False.
+    The per-sample state of the active rows: x, t, t1, h, the trial step (h_try, t_next) and, for adaptive
+    methods, err_prev and the (n, 6) bool ``status`` of :mod:`fastflow._ode_control`, which one fused call
+    (:func:`fastflow._ode_control.control`) updates after each trial step. One host sync per iteration: the flags
+    (done / stalled / f non-finite / accepted) read back to decide which samples leave the batch. A stalled sample
+    (t + h == t) that has had trial steps with non-finite values raises FloatingPointError (f is NaN/inf ahead of
+    it); one without stops with success False.
     """
     device = x_full.device
     idx = torch.nonzero(t_full != t1_full).squeeze(1)  # host sync (once): zero-length intervals never start
@@ -335,6 +314,9 @@ def _integrate(meth: RungeKutta, rhs: _RHS, x_full, t_full, t1_full, success, n_
         bar.update(t_full.shape[0] - idx.numel())
     if idx.numel() == 0:
         return
+    idx_h = idx.cpu().numpy()
+    acc_h_total = np.zeros(t_full.shape[0], dtype=np.int64)  # accepted / rejected steps, counted on the host
+    rej_h_total = np.zeros_like(acc_h_total)
     rhs.idx = idx
     x, t, t1 = x_full.index_select(0, idx), t_full.index_select(0, idx), t1_full.index_select(0, idx)
     n = idx.numel()
@@ -352,43 +334,47 @@ def _integrate(meth: RungeKutta, rhs: _RHS, x_full, t_full, t1_full, success, n_
         else:
             h = torch.sign(t1 - t) * torch.minimum(h0.index_select(0, idx), (t1 - t).abs())
         err_prev = torch.ones_like(t)
-        rejected_prev = torch.zeros(n, dtype=torch.bool, device=device)
-        nonfinite_seen = torch.zeros(n, dtype=torch.bool, device=device)  # a trial step ever hit NaN / inf
+        status = torch.zeros(n, _ctl.N_STATUS, dtype=torch.bool, device=device)
+        h_try, t_next, lands = _ctl.propose(t, h, t1)
+        status[:, _ctl.LANDS] = lands
+        h = h.contiguous()
     else:
         h = (t1 - t) / steps
+
+    def rows(mask):
+        return torch.from_numpy(np.flatnonzero(mask)).to(device)
 
     it = 0
     while True:
         it += 1
-        rem = t1 - t
-        lands = rem.abs() <= LAND_STRETCH * h.abs()
-        h_try = torch.where(lands, rem, h)
-        t_next = torch.where(lands, t1, t + h_try)
+        if not meth.adaptive:
+            h_try, t_next, lands = _ctl.propose(t, h, t1)
+        h_step = h_try.clone() if callback is not None else h_try  # the control overwrites h_try in place
         x_new, K = meth.step(rhs, x, t, h_try, t_next, k0)
         # max |x_new| per row (NaN propagates): 0.26 ms at (1000, 3072) fp32, against 2.8 ms for
         # isfinite(x).all(dim=1) and 4.4 ms for vector_norm(ord=inf); a row sum would be faster but can overflow
-        finite = torch.isfinite(x_new.abs().amax(dim=1))
+        xmax = x_new.abs().amax(dim=1)
         if meth.adaptive:
-            err = _ode_step.error_norm(x, x_new, K, h_try, meth.e, rtol, atol, check=False).to(t.dtype)
-            finite &= torch.isfinite(err)
-            accept = finite & (err <= 1.0)
-            h = h_try * _pi_factor(err, err_prev, accept, finite, rejected_prev, k)
-            err_prev = torch.where(accept, err.clamp_min(ERR_PREV_MIN), err_prev)
-            rejected_prev = ~accept
-            nonfinite_seen |= ~finite
-            bad_f = nonfinite_seen
+            err = _ode_step.error_norm(x, x_new, K, h_try, meth.e, rtol, atol, check=False)
+            _ctl.control(t, h, h_try, t_next, err_prev, status, t1, err, xmax, k)
+            # the one host sync per step: done / stalled / bad / accept, read with numpy (a torch op on the host
+            # copy costs ~3 us)
+            flags = status[:, :4].cpu().numpy()
+            done_h, stalled_h, bad_h, acc_h = flags[:, 0], flags[:, 1], flags[:, 2], flags[:, 3]
+            done = status[:, _ctl.DONE]
         else:
-            accept = finite
-            bad_f = ~finite
-        t = torch.where(accept, t_next, t)
-        done = accept & lands
-        stalled = ~done & (t + h == t)  # the next step cannot move the clock: give up on this sample
-        # the one host sync per step: (n, 4) flags, read with numpy (a torch op on the host copy costs ~3 us)
-        flags = torch.stack((done, stalled, bad_f, accept), dim=1).cpu().numpy()
-        done_h, stalled_h, bad_h, acc_h = flags[:, 0], flags[:, 1], flags[:, 2], flags[:, 3]
-
-        def rows(mask):
-            return torch.from_numpy(np.flatnonzero(mask)).to(device)
+            finite = torch.isfinite(xmax)
+            t = torch.where(finite, t_next, t)
+            done = finite & lands
+            stalled = ~done & (t + h == t)  # a clock too coarse for h (float32 time): stop, success False
+            flags = torch.stack((done, stalled, finite), dim=1).cpu().numpy()
+            done_h, stalled_h, acc_h = flags[:, 0], flags[:, 1], flags[:, 2]
+            bad_h = ~acc_h
+            if bad_h.any():
+                bad = idx[rows(bad_h)]
+                raise FloatingPointError(f"f returned NaN or inf (or the step overflowed) for samples "
+                                         f"{bad[:8].tolist()} after {it - 1} steps of {meth.name}; check f, or take "
+                                         "more steps")
 
         # x (and the FSAL stage) take the step's values; rejected rows, usually none, keep the old ones
         k_last = K[-1] if meth.adaptive else None
@@ -400,20 +386,14 @@ def _integrate(meth: RungeKutta, rhs: _RHS, x_full, t_full, t1_full, success, n_
         x = x_new
         if meth.adaptive:
             k0 = k_last
-
-        if not meth.adaptive and bad_h.any():
-            bad = idx[rows(bad_h)]
-            raise FloatingPointError(f"f returned NaN or inf (or the step overflowed) for samples {bad[:8].tolist()} "
-                                     f"after {it - 1} steps of {meth.name}; check f, or take more steps")
-        if meth.adaptive:
-            n_rej.index_add_(0, idx, (~accept).long())
+            rej_h_total[idx_h] += ~acc_h
             if (stalled_h & bad_h).any():
                 pos = rows(stalled_h & bad_h)
                 raise FloatingPointError(
                     f"f returned NaN or inf near t = {t.index_select(0, pos)[:8].tolist()} for samples "
                     f"{idx.index_select(0, pos)[:8].tolist()}: the step size shrank to nothing trying to avoid it "
                     "(rejected trial steps with NaN / inf, then t + h == t)")
-        n_acc.index_add_(0, idx, accept.long())
+        acc_h_total[idx_h] += acc_h
 
         if callback is not None and acc_h.any():
             rhs.flush()
@@ -421,32 +401,35 @@ def _integrate(meth: RungeKutta, rhs: _RHS, x_full, t_full, t1_full, success, n_
             m = pos.numel()
             callback(StepInfo(step=it, index=idx.index_select(0, pos), t=t.index_select(0, pos),
                               x=x.index_select(0, pos).reshape(m, *rhs.shape).to(rhs.io_dtype),
-                              h=h_try.index_select(0, pos), nfe=rhs.nfe.clone(), n_active=n))
+                              h=h_step.index_select(0, pos), nfe=rhs.nfe.clone(), n_active=n))
 
         leave = done_h | stalled_h
-        if leave.any():
+        out_of_steps = it >= max_steps
+        if leave.any() or out_of_steps:
+            if out_of_steps:  # the rest stop where they are, success stays False
+                leave = np.ones_like(leave)
             pos = rows(leave)
             gone = idx.index_select(0, pos)
             x_full.index_copy_(0, gone, x.index_select(0, pos))
             t_full.index_copy_(0, gone, t.index_select(0, pos))
             success.index_copy_(0, gone, done.index_select(0, pos))
-            keep = rows(~leave)
-            idx, x, t, t1, h = (v.index_select(0, keep) for v in (idx, x, t, t1, h))
-            if meth.adaptive:
-                k0, err_prev, rejected_prev, nonfinite_seen = (
-                    v.index_select(0, keep) for v in (k0, err_prev, rejected_prev, nonfinite_seen))
-            n = idx.numel()
-            rhs.idx = idx
+            keep_h = np.flatnonzero(~leave)
+            idx_h = idx_h[keep_h]
+            n = keep_h.size
             if bar is not None:
                 bar.update(pos.numel())
+            if n == 0:
+                break
+            keep = torch.from_numpy(keep_h).to(device)
+            idx, x, t, t1, h = (v.index_select(0, keep) for v in (idx, x, t, t1, h))
+            if meth.adaptive:
+                k0, h_try, t_next, err_prev, status = (
+                    v.index_select(0, keep) for v in (k0, h_try, t_next, err_prev, status))
+            rhs.idx = idx
         if bar is not None:
             bar.set_postfix(step=it, active=n, refresh=False)
-        if n == 0:
-            return
-        if it >= max_steps:  # out of steps: the rest stop where they are, success stays False
-            x_full.index_copy_(0, idx, x)
-            t_full.index_copy_(0, idx, t)
-            return
+    n_acc.add_(torch.from_numpy(acc_h_total).to(device))
+    n_rej.add_(torch.from_numpy(rej_h_total).to(device))
 
 
 # ----------------------------------------------------------------------------------------------------------------
