@@ -2,7 +2,7 @@
 
 :func:`control_reference` is the specification, in plain torch (~50 small ops); :func:`control` runs the C++ op
 ``fastflow::rk_control_`` (csrc/rk_control.cpp, one pass over the samples) on CPU tensors when ``fastflow._C`` is
-built (and ``FASTFLOW_BACKEND`` is not ``reference``), else the reference. At the PFGM benchmark's size (256 samples) the op takes the control from ~0.2 ms to a
+built, the Triton kernel ``_rk_control_kernel`` (kernels/ode.py, one launch) on CUDA, else the reference. At the PFGM benchmark's size (256 samples) the op takes the control from ~0.2 ms to a
 few microseconds a step.
 
 State, per active sample (n,): t, h (the step the controller proposes), h_try and t_next (the trial step and where
@@ -89,10 +89,31 @@ def control_reference(t, h, h_try, t_next, err_prev, status, t1, err, xmax, k: i
     h.copy_(h_new)
 
 
+def control_triton(t, h, h_try, t_next, err_prev, status, t1, err, xmax, k: int) -> None:
+    """:func:`control_reference` in one Triton launch (``fastflow.kernels.ode._rk_control_kernel``); the same
+    arguments, contiguous. Under the interpreter (CPU tensors) one program takes the whole batch."""
+    import triton
+
+    from .kernels.ode import _rk_control_kernel
+
+    n = t.shape[0]
+    if n == 0:
+        return
+    block = min(triton.next_power_of_2(n), 8192) if t.device.type == "cpu" else 256
+    _rk_control_kernel[(triton.cdiv(n, block),)](
+        t, h, h_try, t_next, err_prev, status.view(torch.uint8), t1, err, xmax, n,
+        GAINS=tuple(gains(k)), BLOCK=block, num_warps=2)
+
+
 def control(t, h, h_try, t_next, err_prev, status, t1, err, xmax, k: int) -> None:
-    """:func:`control_reference`, by the C++ op on CPU tensors when fastflow._C is built (same arguments; the
-    tensors as the solver keeps them: contiguous (n,), status contiguous (n, 6) bool)."""
-    if use_ext(t) and select_backend(t.device) != "reference":
+    """:func:`control_reference` by the fastest path for the device (same arguments; the tensors as the solver
+    keeps them: contiguous (n,), status contiguous (n, 6) bool): the C++ op on the CPU when fastflow._C is built,
+    the Triton kernel on CUDA when Triton is installed, else the reference. FASTFLOW_BACKEND=reference forces the
+    reference, =torch the reference on CUDA."""
+    name = select_backend(t.device, prefer_triton=True)
+    if name == "triton" and t.device.type == "cuda":
+        control_triton(t, h, h_try, t_next, err_prev, status, t1, err, xmax, k)
+    elif name != "reference" and use_ext(t):
         torch.ops.fastflow.rk_control_(t, h, h_try, t_next, err_prev, status, t1, err, xmax, gains(k))
     else:
         control_reference(t, h, h_try, t_next, err_prev, status, t1, err, xmax, k)

@@ -96,7 +96,7 @@ def _out_rows(out: torch.Tensor, B: int) -> torch.Tensor | None:
 
 def _direct_op(y: torch.Tensor) -> bool:
     """The solver's fast path: a 2-D CPU state served by the C++ op (no FASTFLOW_BACKEND override)."""
-    return y.dim() == 2 and y.device.type == "cpu" and select_backend(y.device) == "torch" and use_ext(y)
+    return y.dim() == 2 and y.device.type == "cpu" and select_backend(y.device, prefer_triton=True) == "torch" and use_ext(y)
 
 
 def _h64(h: torch.Tensor) -> torch.Tensor:
@@ -124,7 +124,7 @@ def combine(y: torch.Tensor, K: torch.Tensor, h: torch.Tensor, coeffs: Sequence[
     if out is not None and (out.shape != y.shape or out.dtype != y.dtype or out.device != y.device):
         raise ValueError(f"out must have y's shape, dtype and device ({tuple(y.shape)}, {y.dtype}, {y.device}); "
                          f"got {tuple(out.shape)}, {out.dtype}, {out.device}")
-    name = select_backend(y.device)
+    name = select_backend(y.device, prefer_triton=True)
     if name == "reference" or y.numel() == 0 or not any(c != 0.0 for c in coeffs):
         return combine_reference(y, Ks, h, coeffs, out=out)  # nothing to fuse: a copy of y
     y2 = _rows(y, (B,))
@@ -167,7 +167,7 @@ def error_norm(y: torch.Tensor, y_new: torch.Tensor, K: torch.Tensor, h: torch.T
             or y_new.device != y.device:
         raise ValueError(f"y_new must have y's shape, dtype and device ({tuple(y.shape)}, {y.dtype}, {y.device}); "
                          f"got {getattr(y_new, 'shape', type(y_new))}")
-    name = select_backend(y.device)
+    name = select_backend(y.device, prefer_triton=True)
     if name == "reference" or y.numel() == 0 or not any(c != 0.0 for c in e_coeffs):
         return error_norm_reference(y, y_new, Ks, h, e_coeffs, rtol, atol)
     y2 = _rows(y, (B,))

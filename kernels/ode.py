@@ -5,6 +5,8 @@
    sc = atol + rtol max(|y|, |y_new|). With enough rows to fill the GPU a program walks its rows' whole width and
    writes the norm; otherwise the columns are split across programs, which write (B, n_splits) partial sums that
    the launcher adds in a fixed order. Either way the norm is deterministic (no atomics).
+3. ``_rk_control_kernel``: the per-sample step-size control after a trial step (fastflow/_ode_control.py), one
+   lane per sample: a single launch where the torch expressions take ~50.
 
 The coefficients and rtol / atol are constexpr: zero stages are never loaded (dopri5's b and e have one or two
 zeros each), and every constant is materialised in the accumulation dtype with ``tl.full`` (a bare Python float
@@ -92,3 +94,60 @@ def _rk_error_norm_kernel(
         tl.store(OUT + rb, nrm, mask=mask_b)
     else:
         tl.store(OUT + rb * stride_ob + pid_d, ssq, mask=mask_b)
+
+
+@triton.jit
+def _rk_control_kernel(
+    T_, H, HTRY, TNEXT, EPREV,  # (n,) time dtype, updated in place: t, h, h_try, t_next, err_prev
+    STATUS,                     # (n, 6) uint8 (a bool tensor's bytes): done, stalled, bad, accept, lands, rejected
+    T1, ERR, XMAX,              # (n,) t1 (time dtype); err and max |x_new| (any float dtype)
+    n,
+    GAINS: tl.constexpr,        # safety, fac_min, fac_max, alpha/k, beta/k, 1/k, err_prev_min, land_stretch
+    BLOCK: tl.constexpr,
+):
+    """fastflow._ode_control.control_reference, one sample per lane (specification there). Powers are
+    exp(p log x) on x >= 1e-10; the gains are materialised in the time dtype (tl.full: exact in fp64)."""
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = i < n
+    t = tl.load(T_ + i, mask=m, other=0.0)
+    TD = t.dtype
+    safety = tl.full((), GAINS[0], TD)
+    fac_min = tl.full((), GAINS[1], TD)
+    fac_max = tl.full((), GAINS[2], TD)
+    one = tl.full((), 1.0, TD)
+    inf = tl.full((), float("inf"), TD)
+    e_raw = tl.load(ERR + i, mask=m, other=0.0).to(TD)
+    xm = tl.load(XMAX + i, mask=m, other=0.0)
+    finite = (tl.abs(xm) < float("inf")) & (tl.abs(e_raw) < inf)  # false for NaN and +-inf
+    accept = finite & (e_raw <= one)
+    e = tl.where(finite, tl.maximum(e_raw, tl.full((), 1e-10, TD)), one)  # err = 0: the clamp to fac_max decides
+    ep = tl.load(EPREV + i, mask=m, other=1.0)
+    st = STATUS + i * 6
+    rej_prev = tl.load(st + 5, mask=m, other=0) != 0
+    log_e = tl.log(e)
+    fac_acc = safety * tl.exp(log_e * tl.full((), -GAINS[3], TD)) * tl.exp(tl.log(ep) * tl.full((), GAINS[4], TD))
+    fac_acc = tl.minimum(tl.maximum(fac_acc, fac_min), fac_max)
+    fac_acc = tl.where(rej_prev, tl.minimum(fac_acc, one), fac_acc)  # no growth right after a rejection
+    fac_rej = tl.minimum(tl.maximum(safety * tl.exp(log_e * tl.full((), -GAINS[5], TD)), fac_min), one)
+    fac_rej = tl.where(finite, fac_rej, fac_min)
+    h_new = tl.load(HTRY + i, mask=m, other=0.0) * tl.where(accept, fac_acc, fac_rej)
+    ep = tl.where(accept, tl.maximum(e_raw, tl.full((), GAINS[6], TD)), ep)
+    t_new = tl.where(accept, tl.load(TNEXT + i, mask=m, other=0.0), t)
+    done = accept & (tl.load(st + 4, mask=m, other=0) != 0)
+    stalled = (~done) & ((t_new + h_new) == t_new)  # in the time dtype: a float32 clock stalls where float32 does
+    bad = (tl.load(st + 2, mask=m, other=0) != 0) | (~finite)
+    t1 = tl.load(T1 + i, mask=m, other=0.0)
+    rem = t1 - t_new
+    lands = tl.abs(rem) <= tl.full((), GAINS[7], TD) * tl.abs(h_new)
+    h_try = tl.where(lands, rem, h_new)
+    tl.store(st + 0, done.to(tl.uint8), mask=m)
+    tl.store(st + 1, stalled.to(tl.uint8), mask=m)
+    tl.store(st + 2, bad.to(tl.uint8), mask=m)
+    tl.store(st + 3, accept.to(tl.uint8), mask=m)
+    tl.store(st + 4, lands.to(tl.uint8), mask=m)
+    tl.store(st + 5, (~accept).to(tl.uint8), mask=m)
+    tl.store(HTRY + i, h_try, mask=m)
+    tl.store(TNEXT + i, tl.where(lands, t1, t_new + h_try), mask=m)
+    tl.store(EPREV + i, ep, mask=m)
+    tl.store(T_ + i, t_new, mask=m)
+    tl.store(H + i, h_new, mask=m)
