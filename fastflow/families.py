@@ -12,6 +12,7 @@ import numbers
 
 import torch
 
+from . import _nvtx
 from . import _logweights as LW
 from . import _validate as V
 from . import sampling as S
@@ -83,6 +84,7 @@ class Family:
                 "draw in float32 or float64")
         return out.reshape(shape)
 
+    @_nvtx.annotate("fastflow.family.perturb")
     def perturb(self, x0: torch.Tensor, t, *, generator: torch.Generator | None = None) -> torch.Tensor:
         """A draw x_t ~ p_t(. | x0) for each row (MATH.md §3): x_t = a_t x0 + t rho g, g ~ N(0, I_d).
 
@@ -106,6 +108,7 @@ class Family:
         x = self._draw(x0.reshape(B, d), self._scale(tt), tt, B, d, generator, x0.device, x0.dtype)
         return self._finish(x, x0.dtype, x0.shape, "perturb")
 
+    @_nvtx.annotate("fastflow.family.prior")
     def prior(self, n: int, shape, *, T, generator: torch.Generator | None = None, device=None,
               dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """n draws of x_T from the prior (MATH.md §3): T rho g, the perturbation at t = T without the data term.
@@ -149,6 +152,7 @@ class Family:
         check_finite(f"{type(self).__name__}.posterior_mean", xbar, log_norm)
         return x2, tt, xbar, log_norm, ess, dtype
 
+    @_nvtx.annotate("fastflow.family.posterior_mean")
     def posterior_mean(self, x, t, ref, *, return_stats=False, backend=None, precision="ieee", chunk_size=None):
         """xbar = sum_j softmax_j(l(||x - a_t ref_j||^2, t)) ref_j = E[x0 | x_t = x] under the empirical data.
 
@@ -171,6 +175,7 @@ class Family:
             return out, FieldStats(log_norm=log_norm, ess=ess)
         return out
 
+    @_nvtx.annotate("fastflow.family.velocity")
     def velocity(self, x, t, ref, *, backend=None, precision="ieee", chunk_size=None):
         """Exact empirical velocity dx/dt = (x - xbar(x, t)) / t of this family's ODE.
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import _nvtx
 from . import _loader
 from . import _validate as V
 from ._field_reference import field_reference
@@ -65,6 +66,7 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+@_nvtx.annotate("fastflow.field")
 def empirical_field(x2, t, ref2, *, a, params, log_weight_ref, backend=None, precision="ieee", chunk_size=None):
     """Run the engine on validated, flattened inputs.
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import _nvtx
 from . import _validate as V
 from .ode import odeint
 
@@ -202,6 +203,7 @@ def _time_arg(name: str, v, B: int, device: torch.device):
     return float(v)
 
 
+@_nvtx.annotate("fastflow.log_likelihood")
 def log_likelihood(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
                    t0: float | torch.Tensor, t1: float | torch.Tensor,
                    prior_logp: Callable[[torch.Tensor], torch.Tensor], *, divergence: str | None = None,

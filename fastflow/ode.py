@@ -36,6 +36,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from . import _nvtx
 from . import _ode_control as _ctl
 from . import _ode_step
 from . import _validate as V
@@ -469,6 +470,7 @@ def _positive_int(name: str, v) -> int:
     return int(v)
 
 
+@_nvtx.annotate("fastflow.odeint")
 def odeint(f: Callable[..., torch.Tensor], x0: torch.Tensor, t0: float | torch.Tensor, t1: float | torch.Tensor, *,
            method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
            max_steps: int = 10_000, callback: Callable[[StepInfo], object] | None = None, progress: bool = False,

@@ -15,12 +15,14 @@ import numbers
 
 import torch
 
+from . import _nvtx
 from . import _validate as V
 from . import sampling as S
 from .families import Poisson
 from .field import compute_dtype
 
 
+@_nvtx.annotate("fastflow.pfgm.target")
 def target(x, z, ref, *, gamma: float = 5.0, backend=None, precision="ieee", chunk_size=None):
     """PFGM's normalised empirical Poisson field: sqrt(d) * E / (||E|| + gamma), with E = (xbar - x, -z).
 
@@ -54,6 +56,7 @@ RESTRICT_Z = 0.005
 RESTRICT_FRACTION = 0.7
 
 
+@_nvtx.annotate("fastflow.pfgm.perturb")
 def perturb(x0, *, M: float = 291, tau: float = 0.03, sigma_end: float = 0.01, restrict_M: bool = True,
             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """PFGM's training perturbation (official ``forward_pz``): x = x0 + (1+tau)^m eps, z = (1+tau)^m |s| sigma_end.
@@ -107,6 +110,7 @@ def perturb(x0, *, M: float = 291, tau: float = 0.03, sigma_end: float = 0.01, r
     return x.to(x0.dtype).reshape(x0.shape), zz
 
 
+@_nvtx.annotate("fastflow.pfgm.prior")
 def prior(n: int, shape, *, z_max, upper_norm: float | None = None, generator: torch.Generator | None = None,
           device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Points on the plane z = z_max: radius r = z_max ||g|| / |s| in a uniform direction (MATH.md §5).
@@ -208,6 +212,7 @@ def _split_field(out, B: int, shape: tuple, d: int):
     return out[:, :d], out[:, d]
 
 
+@_nvtx.annotate("fastflow.pfgm.sample")
 def sample(net_fn, x_init, *, z_max, z_min: float = 1e-3, method: str = "dopri5", rtol: float = 1e-4,
            atol: float = 1e-4, steps: int | None = None, z_exp: float | None = None, gamma: float = 5.0,
            vz_max: float = -1e-5, max_steps: int = 10_000, callback=None, progress: bool = False):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import _nvtx
 from . import _validate as V
 from .ode import ODEResult, odeint
 
@@ -76,6 +77,7 @@ def edm_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rh
     return torch.cat([s, s.new_zeros(1)]).to(dtype)
 
 
+@_nvtx.annotate("fastflow.edm_sample")
 def edm_sample(denoiser: Callable, x_init: torch.Tensor, *, sigma_min: float = 0.002, sigma_max: float = 80.0,
                steps: int = 18, rho: float = 7.0, D: float | None = None,
                callback: Callable[[dict], object] | None = None, progress: bool = False) -> SampleResult:
@@ -159,6 +161,7 @@ def _from_ode(res: ODEResult) -> SampleResult:
     return SampleResult(x=res.x, nfe=res.nfe, success=res.success, t=res.t)
 
 
+@_nvtx.annotate("fastflow.flow_sample")
 def flow_sample(velocity: Callable, x_init: torch.Tensor, *, t_start: float = 1.0, t_end: float = 0.0,
                 method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
                 max_steps: int = 10_000, callback=None, progress: bool = False) -> SampleResult:
@@ -225,6 +228,7 @@ class Oracle:
         return j, m
 
 
+@_nvtx.annotate("fastflow.family_sample")
 def family_sample(family, ref: torch.Tensor, n: int, *, T: float, t_min: float, method: str = "dopri5",
                   rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None, max_steps: int = 10_000,
                   generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64,

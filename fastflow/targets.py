@@ -5,6 +5,7 @@ import math
 
 import torch
 
+from . import _nvtx
 from . import _validate as V
 from .families import Gaussian, Poisson
 
@@ -17,6 +18,7 @@ def _sigma(sigma, x):
     return s if isinstance(sigma, torch.Tensor) else float(sigma)
 
 
+@_nvtx.annotate("fastflow.pfgmpp_target")
 def pfgmpp_target(x, sigma, ref, *, D, backend=None, precision="ieee", chunk_size=None) -> torch.Tensor:
     """PFGM++ target: the posterior mean xbar under Poisson(D) weights at radius r = sigma * sqrt(D).
 
@@ -33,6 +35,7 @@ def pfgmpp_target(x, sigma, ref, *, D, backend=None, precision="ieee", chunk_siz
     return xbar.to(dtype).reshape(x.shape)
 
 
+@_nvtx.annotate("fastflow.stf_target")
 def stf_target(x, sigma, ref, *, backend=None, precision="ieee", chunk_size=None) -> torch.Tensor:
     """STF target: the posterior mean xbar under Gaussian weights exp(-||x - ref_j||^2 / (2 sigma^2)).
 
