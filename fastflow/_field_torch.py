@@ -13,6 +13,7 @@ import os
 import torch
 
 from . import _loader
+from . import _validate as V
 from ._logweights import log_weight, rel_log_weight
 
 #: default memory budget (MiB) for one chunk's temporaries; FASTFLOW_FIELD_BUDGET_MB overrides it.
@@ -21,9 +22,13 @@ DEFAULT_BUDGET_MB = 256
 
 @contextlib.contextmanager
 def fp32_matmul_precision(precision: str):
-    """Make CUDA float32 matmuls IEEE (``"ieee"``) or tf32 (``"tf32"``) inside the block, then restore."""
+    """Make CUDA float32 matmuls IEEE (``"ieee"``) or tf32 (``"tf32"``) inside the block, then restore.
+    While torch.compile traces, the process's setting stays (a graph cannot flip a global flag): IEEE unless the
+    user chose otherwise (``torch.set_float32_matmul_precision``)."""
     m = torch.backends.cuda.matmul
-    if hasattr(m, "fp32_precision"):  # torch >= 2.9
+    if V.compiling():
+        yield
+    elif hasattr(m, "fp32_precision"):  # torch >= 2.9
         prev = m.fp32_precision
         m.fp32_precision = "tf32" if precision == "tf32" else "ieee"
         try:
@@ -82,7 +87,7 @@ def exact_log_norm(x, ref, t, a, jmin, l, kind, p, q):
     """
     # one (B, d) buffer, two passes: these vectors are large exactly when the GEMMs are cheap (d = 196608)
     diff = ref.index_select(0, jmin).to(l.dtype)
-    if not bool((a == 1).all()):
+    if V.compiling() or not bool((a == 1).all()):  # a traced graph cannot skip on data: always scale
         diff.mul_(a[:, None])
     torch.sub(x.to(l.dtype), diff, out=diff)
     s_exact = torch.linalg.vector_norm(diff, dim=1).square_()
@@ -111,8 +116,11 @@ def field_torch(x, ref, t, a, kind, p, q, *, precision="ieee", chunk_size=None, 
     # (then it would remove less than 10% of the error), e.g. for pixels in [-1, 1].
     yn_raw = torch.linalg.vector_norm(ref, dim=1, dtype=cdt).square_()
     c = torch.mean(ref, dim=0, dtype=cdt)
-    cc = float(c @ c)
-    centre = cc > 0.1 * max(float(yn_raw.mean()) - cc, 0.0)
+    if V.compiling():  # a traced graph cannot choose on data: always centre (distances are unchanged)
+        centre = True
+    else:
+        cc = float(c @ c)
+        centre = cc > 0.1 * max(float(yn_raw.mean()) - cc, 0.0)
     xc = x.to(cdt) - a[:, None] * c if centre else x.to(cdt)
     xn = torch.linalg.vector_norm(xc, dim=1).square_()
     acc = None  # (B, d) running weighted sum, created by the first chunk's GEMM (no zero-fill pass)

@@ -12,15 +12,22 @@ import os
 import torch
 
 
-@functools.lru_cache(maxsize=None)
+#: results of the probes, filled on first use. A plain dict rather than functools.lru_cache: torch.compile traces
+#: through a dict lookup, but not into an lru_cache wrapper.
+_probed: dict[str, str | None] = {}
+
+
 def _C_error() -> str | None:
-    if os.environ.get("FASTFLOW_DISABLE_C", "0") not in ("", "0"):
-        return "disabled by FASTFLOW_DISABLE_C"
-    try:
-        importlib.import_module("fastflow._C")  # registers torch.ops.fastflow.* (TORCH_LIBRARY)
-    except Exception as e:  # ImportError, or an ABI mismatch surfacing as OSError
-        return f"{type(e).__name__}: {e}"
-    return None
+    if "C" not in _probed:
+        if os.environ.get("FASTFLOW_DISABLE_C", "0") not in ("", "0"):
+            _probed["C"] = "disabled by FASTFLOW_DISABLE_C"
+        else:
+            try:
+                importlib.import_module("fastflow._C")  # registers torch.ops.fastflow.* (TORCH_LIBRARY)
+                _probed["C"] = None
+            except Exception as e:  # ImportError, or an ABI mismatch surfacing as OSError
+                _probed["C"] = f"{type(e).__name__}: {e}"
+    return _probed["C"]
 
 
 def has_C() -> bool:
@@ -33,14 +40,16 @@ def has_C_cuda() -> bool:
     return has_C() and bool(getattr(importlib.import_module("fastflow._C"), "WITH_CUDA", False))
 
 
-@functools.lru_cache(maxsize=None)
 def _triton_error() -> str | None:
-    try:
-        import triton  # noqa: F401
-        import triton.language  # noqa: F401
-    except Exception as e:
-        return f"{type(e).__name__}: {e}"
-    return None
+    if "triton" not in _probed:
+        try:
+            import triton  # noqa: F401
+            import triton.language  # noqa: F401
+
+            _probed["triton"] = None
+        except Exception as e:
+            _probed["triton"] = f"{type(e).__name__}: {e}"
+    return _probed["triton"]
 
 
 def has_triton() -> bool:

@@ -7,11 +7,19 @@ import numbers
 import torch
 
 
+def compiling() -> bool:
+    """True while torch.compile traces: then the checks on tensor *values* (NaN / inf, t > 0) are skipped, since
+    a traced graph cannot branch on data; the checks on types, shapes and devices still run (README:
+    torch.compile)."""
+    return torch.compiler.is_compiling()
+
+
 def all_finite(v: torch.Tensor) -> bool:
     """True when no element is NaN or inf. One reduction: a NaN or inf makes the sum NaN or inf; only when the
     sum is not finite (which finite values can also cause, by overflow) are the elements checked one by one.
-    (torch.isfinite(v).all() alone is several passes with temporaries: 25% of a CPU field call.)"""
-    if v.numel() == 0 or bool(torch.isfinite(v.sum())):
+    (torch.isfinite(v).all() alone is several passes with temporaries: 25% of a CPU field call.)
+    Always True while torch.compile traces (:func:`compiling`)."""
+    if compiling() or v.numel() == 0 or bool(torch.isfinite(v.sum())):
         return True
     return bool(torch.isfinite(v).all())
 
@@ -57,6 +65,8 @@ def times(name: str, t, B: int, *, dtype: torch.dtype, device: torch.device, upp
         if t.device != device:
             raise ValueError(f"{name} must be on {device} like x, got {t.device}")
         t = t.to(dtype)
+        if compiling():
+            return t.contiguous()
         bad = ~torch.isfinite(t) | (t <= 0)
         if upper is not None:
             bad |= t > upper
@@ -146,6 +156,8 @@ def sample_device(device, gen) -> torch.device:
             raise TypeError(f"device must be a torch.device or a device string, got {device!r}") from e
     if isinstance(gen, torch.Generator):
         return gen.device
+    if compiling():  # get_default_device is not traceable; a factory's tensor says the same
+        return torch.empty(0).device
     return torch.get_default_device()
 
 

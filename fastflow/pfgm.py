@@ -44,7 +44,7 @@ def target(x, z, ref, *, gamma: float = 5.0, backend=None, precision="ieee", chu
     x2, zz, xbar, _, _, dtype = fam._field(x, z, ref, backend, precision, chunk_size, t_name="z")
     B, d = x2.shape
     E = torch.empty(B, d + 1, dtype=xbar.dtype, device=xbar.device)
-    torch.sub(xbar, x2.to(xbar.dtype), out=E[:, :d])
+    E[:, :d] = xbar - x2.to(xbar.dtype)  # (a strided out= view would stop torch.compile)
     E[:, d] = -zz
     E.mul_(math.sqrt(d) / (torch.linalg.vector_norm(E, dim=1, keepdim=True) + gamma))
     return E.to(dtype)

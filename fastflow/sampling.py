@@ -59,6 +59,13 @@ def nonzero_normal(n: int, d: int, *, generator, device, dtype) -> tuple[torch.T
     # Redraw all-zero rows: torch's Box-Muller returns an exact 0 when its uniform hits 0 (2^-24 per float32
     # entry on the CPU), so at d = 1 about one row in 17 million would otherwise give the direction 0/0.
     # The check is one device sync per call; the fused sampler will not need it.
+    if torch.compiler.is_compiling():
+        # a graph cannot loop on data: nudge the (2^-24-rare) zero rows to e_1 instead of redrawing them, so the
+        # direction stays defined; the law changes by less than one part in 10^7 per float32 row at d = 1
+        zero = (norm == 0).to(g.dtype)
+        g = g.clone()
+        g[:, 0] += zero
+        return g, norm + zero
     bad = norm == 0
     while bool(bad.any()):
         g[bad] = normal(int(bad.sum()), d, generator=generator, device=device, dtype=dtype)
@@ -101,9 +108,11 @@ def can_draw_fused(device: torch.device, dtype: torch.dtype, radius_kind: int, r
     """Whether :func:`draw_fused` can draw on ``device`` in ``dtype`` (the draw dtype: float32 or float64).
 
     Needs the compiled extension (``fastflow._C``; not disabled by FASTFLOW_DISABLE_C=1) with a kernel for the
-    device (CPU always, CUDA when built with nvcc), and for RADIUS_CHI a finite D > 0.
+    device (CPU always, CUDA when built with nvcc), and for RADIUS_CHI a finite D > 0. False while torch.compile
+    traces: the op's Philox key comes from the generator through a host read, which a graph cannot hold, so a
+    compiled draw takes the pure-torch path (the same law, another random stream).
     """
-    if dtype not in (torch.float32, torch.float64) or not _loader.has_C():
+    if dtype not in (torch.float32, torch.float64) or not _loader.has_C() or torch.compiler.is_compiling():
         return False
     if device.type == "cuda":
         if not _loader.has_C_cuda():
