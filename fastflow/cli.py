@@ -2,6 +2,7 @@
 
     fastflow info                       backends, devices and versions
     fastflow demo [--method pfgmpp ...] train on the bundled 8x8 digits, sample, write PNGs and metrics.json
+    fastflow bench [--device cuda]      run the benchmarks at sizes that fit, write report.md with plots
 """
 from __future__ import annotations
 
@@ -57,6 +58,15 @@ def _demo(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from .bench import NAMES, run
+
+    only = tuple(args.only) if args.only else NAMES
+    path = run(args.out, device=args.device, full=args.full, only=only, progress=not args.quiet)
+    print(f"\nfastflow bench: wrote {path} (with PNG plots and each script's JSON and log beside it)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from .demo import METHODS, DemoConfig
 
@@ -84,10 +94,20 @@ def main(argv: list[str] | None = None) -> int:
     pd.add_argument("--out", default=d.out, help=f"output folder (default {d.out})")
     pd.add_argument("--quiet", action="store_true", help="no progress bars")
     pd.set_defaults(fn=_demo)
+    pb = sub.add_parser("bench", help="run the benchmarks at sizes that fit, write a Markdown report with plots",
+                        description="Run benchmarks/bench_*.py (source tree) at sizes that fit the machine and write "
+                                    "report.md with PNG plots of time and memory against size per provider.")
+    pb.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    pb.add_argument("--out", default="fastflow_bench", help="output folder (default fastflow_bench)")
+    pb.add_argument("--full", action="store_true", help="every size on the CPU too (tens of minutes)")
+    pb.add_argument("--only", nargs="+", choices=("field", "prior", "ode_step", "solvers"),
+                    help="run only these benchmarks")
+    pb.add_argument("--quiet", action="store_true")
+    pb.set_defaults(fn=_bench)
     args = p.parse_args(argv)
     try:
         return args.fn(args)
-    except (ValueError, ImportError) as e:
+    except (ValueError, ImportError, FileNotFoundError, RuntimeError) as e:
         print(f"fastflow {args.command}: error: {e}", file=sys.stderr)
         return 2
 

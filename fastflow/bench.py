@@ -1,0 +1,233 @@
+"""``fastflow bench``: run the benchmark scripts (benchmarks/ in the source tree) at sizes that fit the machine,
+then write a Markdown report with PNG plots: time and peak memory against size, one line per provider.
+
+Sizes: on a CPU the quick sizes of each script (the field at (32, 256, 3072), (128, 1024, 3072) and STF's
+(64, 1024, 3072); the draws at (128, 3072) and (1000, 3072); the solvers' quick workloads), a few minutes on 2
+cores; ``full=True`` runs every size. On CUDA every size (each script skips what would not fit in memory).
+Each script writes its own JSON and log next to the report; the report quotes the scripts' goals (PASS / FAIL).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+#: (name, script, CPU arguments, CUDA / full arguments)
+SCRIPTS = (
+    ("field", "bench_field.py", ["--sizes", "small", "cpu_goal", "stf", "--repeats", "5"], []),
+    ("prior", "bench_prior.py", ["--quick"], []),
+    ("ode_step", "bench_ode_step.py", ["--B", "256"], []),
+    ("solvers", "bench_solvers.py", ["--quick"], []),
+)
+NAMES = tuple(s[0] for s in SCRIPTS)
+
+
+def benchmarks_dir() -> Path:
+    """The source tree's benchmarks/ folder (an editable install, or a checkout on sys.path)."""
+    here = Path(__file__).resolve().parent.parent / "benchmarks"
+    if not (here / "bench_field.py").is_file():
+        raise FileNotFoundError(
+            f"fastflow bench runs the scripts in the source tree's benchmarks/ folder, not found at {here}: "
+            "install fastflow from a checkout with `pip install --no-build-isolation -e .`")
+    return here
+
+
+def run(out: str | Path, *, device: str = "cpu", full: bool = False, only: tuple[str, ...] = NAMES,
+        progress: bool = True) -> Path:
+    """Run the scripts in ``only`` on ``device``, then :func:`write_report`. Returns the report's path."""
+    bad = [n for n in only if n not in NAMES]
+    if bad or not only:
+        raise ValueError(f"only must name some of {NAMES}; got {list(only)}")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"device must be cpu or cuda[:k], got {device!r}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    bdir = benchmarks_dir()
+    for name, script, cpu_args, big_args in SCRIPTS:
+        if name not in only:
+            continue
+        args = big_args if (full or device != "cpu") else cpu_args
+        cmd = [sys.executable, str(bdir / script), "--device", device, "--out", str(out / f"{name}.json"), *args]
+        if name != "ode_step":
+            cmd.append("--fresh")
+        if progress:
+            print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
+        t0 = time.perf_counter()
+        with open(out / f"{name}.log", "w") as log:
+            r = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
+        if progress:
+            print(f"   {time.perf_counter() - t0:.0f} s, log in {out / (name + '.log')}", flush=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"benchmarks/{script} failed (exit {r.returncode}); see {out / (name + '.log')}")
+    return write_report(out)
+
+
+# ---------------------------------------------------------------------------------------------------- report
+
+
+def _rows(path: Path) -> tuple[dict, list[dict]]:
+    if not path.is_file():
+        return {}, []
+    data = json.loads(path.read_text())
+    if isinstance(data, list):  # bench_ode_step writes bare rows
+        return {}, data
+    return data, data.get("rows", [])
+
+
+def _fmt_bytes(b) -> str:
+    if b is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(b) < 1024 or unit == "GiB":
+            return f"{b:.3g} {unit}" if unit != "B" else f"{int(b)} B"
+        b /= 1024
+    return "-"
+
+
+def _fmt_ms(v) -> str:
+    return "-" if v is None else f"{v:.4g}"
+
+
+def _fmt_num(v, unit: str = "") -> str:
+    return "-" if v is None else f"{v:.3g}{unit}"
+
+
+def _get(key: str):
+    return lambda r: str(r.get(key, "-"))
+
+
+def _table(rows: list[dict], columns) -> list[str]:
+    """Markdown table lines: columns is a list of (header, row -> cell text)."""
+    lines = ["| " + " | ".join(h for h, _ in columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(fn(r) for _, fn in columns) + " |" for r in rows]
+
+
+def _lines(ax, rows, xkey, ykey, xlabel, ylabel, title):
+    """One line per provider: ykey against xkey (log-log), skipped rows left out."""
+    provs = sorted({r["provider"] for r in rows})
+    drawn = False
+    for p in provs:
+        pts = sorted((r[xkey], r[ykey]) for r in rows
+                     if r["provider"] == p and not r.get("skipped") and r.get(xkey) and r.get(ykey))
+        if pts:
+            ax.plot([a for a, _ in pts], [b for _, b in pts], marker="o", label=p)
+            drawn = True
+    ax.set_xscale("log")
+    if drawn:
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def _bars(ax, rows, group_key, ykey, ylabel, title):
+    """Grouped bars: one group per value of group_key, one bar per provider."""
+    groups = list(dict.fromkeys(r[group_key] for r in rows if not r.get("skipped")))
+    provs = list(dict.fromkeys(r["provider"] for r in rows if not r.get("skipped")))
+    w = 0.8 / max(1, len(provs))
+    for k, p in enumerate(provs):
+        ys = [next((r[ykey] for r in rows if r[group_key] == g and r["provider"] == p and not r.get("skipped")
+                    and r.get(ykey) is not None), 0.0) for g in groups]
+        ax.bar([i + k * w for i in range(len(groups))], ys, width=w, label=p)
+    ax.set_xticks([i + 0.4 - w / 2 for i in range(len(groups))], groups, fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(True, axis="y", which="both", alpha=0.3)
+
+
+def _savefig(fig, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path.name
+
+
+def write_report(out: str | Path) -> Path:
+    """report.md (and PNGs) from the JSON files the scripts left in ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    md = ["# fastflow benchmark report", ""]
+    device_line = None
+    sections = []
+    goals = []
+
+    note = ("note", lambda r: (r.get("reason") or r.get("note") or "")[:80])
+    for name, xkey, xlabel, what, title, columns in (
+        ("field", "useful_flop", "useful FLOP (4 B R d)", "PFGM target",
+         "The field engine: PFGM's training target (bench_field.py)",
+         [("size (B, R, d)", lambda r: f"{r['size']} ({r['B']}, {r['R']}, {r['d']})"), ("provider", _get("provider")),
+          ("median ms", lambda r: _fmt_ms(r.get("median_ms"))), ("IQR ms", lambda r: _fmt_ms(r.get("iqr_ms"))),
+          ("peak memory", lambda r: _fmt_bytes(r.get("peak_mem_bytes"))),
+          ("× official", lambda r: _fmt_num(r.get("speedup_vs_official"), "×")), note]),
+        ("prior", "bytes_written", "bytes written", "prior draws", "Prior and perturbation draws (bench_prior.py)",
+         [("size", _get("size")), ("provider", _get("provider")), ("median ms", lambda r: _fmt_ms(r.get("median_ms"))),
+          ("GB/s", lambda r: _fmt_num(r.get("gbs"))), ("peak memory", lambda r: _fmt_bytes(r.get("peak_mem_bytes"))),
+          note])):
+        meta, rows = _rows(out / f"{name}.json")
+        if not rows:
+            continue
+        device_line = device_line or _device(rows[0])
+        fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+        plotted = [r for r in rows if r["provider"] != "sgemm"]
+        _lines(ax[0], plotted, xkey, "median_ms", xlabel, "median ms", f"{what}: time")
+        _lines(ax[1], plotted, xkey, "peak_mem_bytes", xlabel, "peak extra bytes", f"{what}: peak memory")
+        sections.append((title, _savefig(fig, out / f"{name}.png"), _table(rows, columns)))
+        goals += meta.get("goals", [])
+
+    meta, rows = _rows(out / "ode_step.json")
+    if rows:
+        device_line = device_line or _device(rows[0])
+        fig, ax = plt.subplots(figsize=(7, 4))
+        _bars(ax, rows, "call", "median_ms", "median ms", f"ODE step updates, ({rows[0]['B']}, {rows[0]['d']})")
+        png = _savefig(fig, out / "ode_step.png")
+        table = _table(rows, [("call", _get("call")), ("provider", _get("provider")), ("dtype", _get("dtype")),
+                              ("median ms", lambda r: _fmt_ms(r.get("median_ms"))),
+                              ("GB/s", lambda r: _fmt_num(r.get("gb_per_s")))])
+        sections.append(("The fused ODE step updates (bench_ode_step.py)", png, table))
+
+    meta, rows = _rows(out / "solvers.json")
+    if rows:
+        device_line = device_line or _device(rows[0])
+        fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+        _bars(ax[0], rows, "workload", "overhead_per_call_ms", "ms per evaluation of f", "solver overhead")
+        _bars(ax[1], rows, "workload", "median_ms", "ms", "end to end")
+        png = _savefig(fig, out / "solvers.png")
+        table = _table(rows, [("workload (B, d)", lambda r: f"{r['workload']} ({r['B']}, {r['d']})"),
+                              ("provider", _get("provider")), ("end to end ms", lambda r: _fmt_ms(r.get("median_ms"))),
+                              ("overhead ms / call", lambda r: _fmt_ms(r.get("overhead_per_call_ms"))),
+                              ("calls", _get("calls")), ("sample-evals", _get("sample_evals")), note])
+        sections.append(("ODE solvers (bench_solvers.py)", png, table))
+        goals += meta.get("goals", [])
+
+    if not sections:
+        raise FileNotFoundError(f"no benchmark JSON (field / prior / ode_step / solvers .json) in {out}")
+    md += [f"Device: {device_line}. Medians over repeated calls; peak memory is the extra memory of one call "
+           "(see each script's log for the method). Generated by `fastflow bench`.", ""]
+    if goals:
+        md += ["## Goals", ""]
+        md += [f"- **{g['status'] or 'N/A'}** {g.get('scope', '')}: {g['goal']} — {g.get('detail', '')}"
+               for g in goals]
+        md.append("")
+    for title, png, table in sections:
+        md += [f"## {title}", "", f"![{title}]({png})", "", *table, ""]
+    path = out / "report.md"
+    path.write_text("\n".join(md))
+    return path
+
+
+def _device(row: dict) -> str:
+    name = row.get("device_name") or row.get("device")
+    extra = f", {row['num_threads']} threads" if row.get("num_threads") else ""
+    return f"{name} ({row.get('device')}{extra}), torch {row.get('torch', '?')}"
