@@ -28,7 +28,7 @@ Providers (every one draws n = B points of dimension d, float32 unless stated):
 - ``fastflow_pfgm_clip`` (D = 1 only): ``fastflow.pfgm.prior(..., upper_norm=U)``, the official clipped law, for a
   like-for-like comparison with ``official``.
 - ``fastflow_torchpath``: ``fastflow.Poisson(D).prior`` with the pure-torch path forced (FASTFLOW_DISABLE_C=1 and
-  ``fastflow._loader._C_error.cache_clear()`` around the measurement, restored after). Skipped, with a note, when the
+  ``fastflow._loader.reprobe()`` around the measurement, restored after). Skipped, with a note, when the
   extension is not loaded (``fastflow`` then already measures the torch path).
 
 T and U: for D = 1 the official PFGM sampling configs, z_max / upper_norm = 40 / 3000 at d = 3072 (MATH.md §5),
@@ -165,7 +165,7 @@ def forced_torch_path():
     """fastflow with its pure-torch path: FASTFLOW_DISABLE_C=1 and the loader's cache cleared; restored after."""
     old = os.environ.get("FASTFLOW_DISABLE_C")
     os.environ["FASTFLOW_DISABLE_C"] = "1"
-    fastflow._loader._C_error.cache_clear()
+    fastflow._loader.reprobe()
     try:
         yield
     finally:
@@ -173,7 +173,7 @@ def forced_torch_path():
             os.environ.pop("FASTFLOW_DISABLE_C", None)
         else:
             os.environ["FASTFLOW_DISABLE_C"] = old
-        fastflow._loader._C_error.cache_clear()
+        fastflow._loader.reprobe()
 
 
 def torchpath_problem() -> str | None:
@@ -187,7 +187,7 @@ def torchpath_problem() -> str | None:
         _, names = C.ops_called(lambda: fastflow.Poisson(2).prior(2, 8, T=1.0))
     after = fastflow.backends()["C"]
     if inside or any(x.startswith("fastflow::") for x in names):
-        return "FASTFLOW_DISABLE_C=1 plus _C_error.cache_clear() did not switch fastflow to its torch path"
+        return "FASTFLOW_DISABLE_C=1 plus _loader.reprobe() did not switch fastflow to its torch path"
     if not after:
         return "the C extension did not come back after FASTFLOW_DISABLE_C was restored"
     return None

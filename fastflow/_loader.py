@@ -17,6 +17,11 @@ import torch
 _probed: dict[str, str | None] = {}
 
 
+def reprobe() -> None:
+    """Forget the cached probes: the next check imports again (after changing FASTFLOW_DISABLE_C, say)."""
+    _probed.clear()
+
+
 def _C_error() -> str | None:
     if "C" not in _probed:
         if os.environ.get("FASTFLOW_DISABLE_C", "0") not in ("", "0"):

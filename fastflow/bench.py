@@ -209,7 +209,9 @@ def write_report(out: str | Path) -> Path:
                               ("overhead ms / call", lambda r: _fmt_ms(r.get("overhead_per_call_ms"))),
                               ("calls", _get("calls")), ("sample-evals", _get("sample_evals")), note])
         sections.append(("ODE solvers (bench_solvers.py)", png, table))
-        goals += meta.get("goals", [])
+        quick = any(r.get("quick") for r in rows)
+        goals += [dict(g, status=f"{g['status']} at quick sizes (stated for the full sizes)") if quick and g["status"]
+                  else g for g in meta.get("goals", [])]
 
     if not sections:
         raise FileNotFoundError(f"no benchmark JSON (field / prior / ode_step / solvers .json) in {out}")

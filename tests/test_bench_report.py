@@ -9,11 +9,16 @@ pytest.importorskip("matplotlib")
 from fastflow import bench, cli  # noqa: E402
 
 
-def test_runs_a_script_and_reports(tmp_path):
-    path = bench.run(tmp_path, only=("ode_step",), progress=False)
-    rows = json.loads((tmp_path / "ode_step.json").read_text())["rows"]
+def test_runs_every_script_and_reports(tmp_path):
+    """The default run (every script at its CPU sizes, ~40 s on 2 cores): each writes its JSON and plot, and the
+    report's tables quote the JSON rows."""
+    path = bench.run(tmp_path, progress=False)
     text = path.read_text()
-    assert (tmp_path / "ode_step.png").stat().st_size > 1000
+    for name in bench.NAMES:
+        assert json.loads((tmp_path / f"{name}.json").read_text())["rows"], name
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000, name
+    assert "**PASS** CPU" in text  # the scripts' goals are quoted
+    rows = json.loads((tmp_path / "ode_step.json").read_text())["rows"]
     # every measured row is in the report's table, with its median as measured
     for r in rows:
         assert f"| {r['call']} | {r['provider']} | {r['dtype']} | {r['median_ms']:.4g} |" in text

@@ -29,18 +29,18 @@ CHUNK_ELEMS = 1 << 24
 def path(request, monkeypatch):
     """The draw path of Family.perturb / prior: "ext" (the fused Philox op of fastflow._C) or "torch" (the
     pure-torch pieces of fastflow.sampling, forced with FASTFLOW_DISABLE_C=1). _loader caches whether _C loaded,
-    so the cache (_loader._probed) is cleared on the way in and out."""
+    so the cache is cleared (_loader.reprobe) on the way in and out."""
     if request.param == "torch":
         monkeypatch.setenv("FASTFLOW_DISABLE_C", "1")
     else:
         monkeypatch.delenv("FASTFLOW_DISABLE_C", raising=False)
-    _loader._probed.clear()
+    _loader.reprobe()
     if request.param == "ext" and not fastflow.sampling.can_draw_fused(DEVICE, torch.float32, 0):
-        _loader._probed.clear()
+        _loader.reprobe()
         pytest.skip(f"the fused sampler is not available on {DEVICE.type} ({_loader._C_error()})")
     yield request.param
     monkeypatch.undo()
-    _loader._probed.clear()
+    _loader.reprobe()
 
 
 def gen(seed):
