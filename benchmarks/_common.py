@@ -38,6 +38,8 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from fastflow.bench import fmt_bytes, fmt_num  # noqa: F401  (one copy, shared with fastflow bench)
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -464,21 +466,6 @@ def merge_rows(old: Sequence[dict], new: Sequence[dict], key: Sequence[str]) -> 
 
 
 # ------------------------------------------------------------------------------------------------- printing
-
-
-def fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g} {unit}"
-    return f"{int(n)} B"
-
-
-def fmt_num(v: float | None, spec: str = ".3g") -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "-"
-    return format(v, spec)
 
 
 def print_table(rows: Sequence[dict], columns: Sequence[tuple[str, Callable[[dict], str]]], *,

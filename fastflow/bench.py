@@ -9,6 +9,7 @@ Each script writes its own JSON and log next to the report; the report quotes th
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import time
@@ -76,22 +77,21 @@ def _rows(path: Path) -> tuple[dict, list[dict]]:
     return data, data.get("rows", [])
 
 
-def _fmt_bytes(b) -> str:
-    if b is None:
+def fmt_bytes(n: float | None) -> str:
+    """Bytes as '3.5 MiB' ('-' for None); benchmarks/_common.py uses this one too."""
+    if n is None:
         return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(b) < 1024 or unit == "GiB":
-            return f"{b:.3g} {unit}" if unit != "B" else f"{int(b)} B"
-        b /= 1024
-    return "-"
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{int(n)} B"
 
 
-def _fmt_ms(v) -> str:
-    return "-" if v is None else f"{v:.4g}"
-
-
-def _fmt_num(v, unit: str = "") -> str:
-    return "-" if v is None else f"{v:.3g}{unit}"
+def fmt_num(v: float | None, spec: str = ".3g", unit: str = "") -> str:
+    """A number with ``spec`` and ``unit`` ('-' for None or non-finite); benchmarks/_common.py uses this one too."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return format(v, spec) + unit
 
 
 def _get(key: str):
@@ -168,12 +168,12 @@ def write_report(out: str | Path) -> Path:
         ("field", "useful_flop", "useful FLOP (4 B R d)", "PFGM target",
          "The field engine: PFGM's training target (bench_field.py)",
          [("size (B, R, d)", lambda r: f"{r['size']} ({r['B']}, {r['R']}, {r['d']})"), ("provider", _get("provider")),
-          ("median ms", lambda r: _fmt_ms(r.get("median_ms"))), ("IQR ms", lambda r: _fmt_ms(r.get("iqr_ms"))),
-          ("peak memory", lambda r: _fmt_bytes(r.get("peak_mem_bytes"))),
-          ("× official", lambda r: _fmt_num(r.get("speedup_vs_official"), "×")), note]),
+          ("median ms", lambda r: fmt_num(r.get("median_ms"), ".4g")), ("IQR ms", lambda r: fmt_num(r.get("iqr_ms"), ".4g")),
+          ("peak memory", lambda r: fmt_bytes(r.get("peak_mem_bytes"))),
+          ("× official", lambda r: fmt_num(r.get("speedup_vs_official"), unit="×")), note]),
         ("prior", "bytes_written", "bytes written", "prior draws", "Prior and perturbation draws (bench_prior.py)",
-         [("size", _get("size")), ("provider", _get("provider")), ("median ms", lambda r: _fmt_ms(r.get("median_ms"))),
-          ("GB/s", lambda r: _fmt_num(r.get("gbs"))), ("peak memory", lambda r: _fmt_bytes(r.get("peak_mem_bytes"))),
+         [("size", _get("size")), ("provider", _get("provider")), ("median ms", lambda r: fmt_num(r.get("median_ms"), ".4g")),
+          ("GB/s", lambda r: fmt_num(r.get("gbs"))), ("peak memory", lambda r: fmt_bytes(r.get("peak_mem_bytes"))),
           note])):
         meta, rows = _rows(out / f"{name}.json")
         if not rows:
@@ -193,8 +193,8 @@ def write_report(out: str | Path) -> Path:
         _bars(ax, rows, "call", "median_ms", "median ms", f"ODE step updates, ({rows[0]['B']}, {rows[0]['d']})")
         png = _savefig(fig, out / "ode_step.png")
         table = _table(rows, [("call", _get("call")), ("provider", _get("provider")), ("dtype", _get("dtype")),
-                              ("median ms", lambda r: _fmt_ms(r.get("median_ms"))),
-                              ("GB/s", lambda r: _fmt_num(r.get("gb_per_s")))])
+                              ("median ms", lambda r: fmt_num(r.get("median_ms"), ".4g")),
+                              ("GB/s", lambda r: fmt_num(r.get("gb_per_s")))])
         sections.append(("The fused ODE step updates (bench_ode_step.py)", png, table))
 
     meta, rows = _rows(out / "solvers.json")
@@ -205,8 +205,8 @@ def write_report(out: str | Path) -> Path:
         _bars(ax[1], rows, "workload", "median_ms", "ms", "end to end")
         png = _savefig(fig, out / "solvers.png")
         table = _table(rows, [("workload (B, d)", lambda r: f"{r['workload']} ({r['B']}, {r['d']})"),
-                              ("provider", _get("provider")), ("end to end ms", lambda r: _fmt_ms(r.get("median_ms"))),
-                              ("overhead ms / call", lambda r: _fmt_ms(r.get("overhead_per_call_ms"))),
+                              ("provider", _get("provider")), ("end to end ms", lambda r: fmt_num(r.get("median_ms"), ".4g")),
+                              ("overhead ms / call", lambda r: fmt_num(r.get("overhead_per_call_ms"), ".4g")),
                               ("calls", _get("calls")), ("sample-evals", _get("sample_evals")), note])
         sections.append(("ODE solvers (bench_solvers.py)", png, table))
         quick = any(r.get("quick") for r in rows)

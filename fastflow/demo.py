@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -64,7 +64,6 @@ class DemoConfig:
     seed: int = 0
     out: str = "fastflow_demo"
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------------- data

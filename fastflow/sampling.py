@@ -29,6 +29,7 @@ import math
 import torch
 
 from . import _loader
+from . import _validate as V
 
 #: Psi^{-1}(U) of the radial-CDF family, for U in [0, 1): finite there (at most 18.7 for tanh, 36.7 for exp,
 #: at U = 1 - 2^-53); both are written to keep full relative precision near U = 0.
@@ -59,7 +60,7 @@ def nonzero_normal(n: int, d: int, *, generator, device, dtype) -> tuple[torch.T
     # Redraw all-zero rows: torch's Box-Muller returns an exact 0 when its uniform hits 0 (2^-24 per float32
     # entry on the CPU), so at d = 1 about one row in 17 million would otherwise give the direction 0/0.
     # The check is one device sync per call; the fused sampler will not need it.
-    if torch.compiler.is_compiling():
+    if V.compiling():
         # a graph cannot loop on data: nudge the (2^-24-rare) zero rows to e_1 instead of redrawing them, so the
         # direction stays defined; the law changes by less than one part in 10^7 per float32 row at d = 1
         zero = (norm == 0).to(g.dtype)
@@ -112,7 +113,7 @@ def can_draw_fused(device: torch.device, dtype: torch.dtype, radius_kind: int, r
     traces: the op's Philox key comes from the generator through a host read, which a graph cannot hold, so a
     compiled draw takes the pure-torch path (the same law, another random stream).
     """
-    if dtype not in (torch.float32, torch.float64) or not _loader.has_C() or torch.compiler.is_compiling():
+    if dtype not in (torch.float32, torch.float64) or not _loader.has_C() or V.compiling():
         return False
     if device.type == "cuda":
         if not _loader.has_C_cuda():
