@@ -4,6 +4,16 @@ Per chunk of N reference rows: ``_field_logits_kernel`` writes the (B, N) relati
 partial stats; a few (B, n_tiles) torch ops merge them into the running minimum distance and sums;
 ``_field_wsum_kernel`` rescales the (B, d) fp32 accumulator and adds the chunk's weighted sum.
 Extra memory is O(B*N + B*d + d).
+
+The launcher is registered as the operator ``torch.ops.fastflow.field_triton`` with
+:func:`torch.library.triton_op`, its kernels launched through :func:`torch.library.wrap_triton`. In eager mode
+the op runs the launcher as plain Python (the kernels launch directly). Under ``torch.compile`` the op is
+opaque to Dynamo (fake outputs come from running the launcher on fake tensors), and AOTAutograd then
+decomposes it into the torch ops and the two Triton kernel calls, which Inductor compiles as user-defined
+Triton kernels beside its own. The body therefore reads no tensor values on the host.
+
+The Triton interpreter (TRITON_INTERPRET=1, the CPU tests) runs the op eagerly, but cannot trace it:
+``wrap_triton`` hands interpreted kernels back unwrapped, and they would read fake tensors' data.
 """
 from __future__ import annotations
 
@@ -11,6 +21,7 @@ import os
 
 import torch
 import triton
+from torch.library import triton_op, wrap_triton
 
 from ._field_torch import exact_log_norm
 from ._logweights import rel_log_weight
@@ -26,26 +37,34 @@ INTERPRET_TILES = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=256, BLOCK_D=256)
 DEFAULT_CHUNK = 16384
 
 
-def _tiles(device: torch.device, overrides: dict | None):
+def _tiles(device: torch.device):
     cfg = dict(INTERPRET_TILES if device.type == "cpu" else GPU_TILES)
     env = os.environ.get("FASTFLOW_TRITON_TILES")  # e.g. "BLOCK_M=16,BLOCK_K=1024" for tests
     if env:
         cfg.update({k: int(v) for k, v in (kv.split("=") for kv in env.split(","))})
-    if overrides:
-        cfg.update(overrides)
     return cfg
 
 
-def field_triton(x, ref, t, a, kind, p, q, *, precision="ieee", chunk_size=None, tiles=None):
+def field_triton(x, ref, t, a, kind, p, q, *, precision="ieee", chunk_size=None):
     """Triton posterior mean. x: (B, d), ref: (R, d) float32/16/bf16; t, a: (B,) float32.
 
     Returns (xbar (B, d), log_norm (B,), ess (B,)) in float32.
     """
+    return torch.ops.fastflow.field_triton(x, ref, t, a, int(kind), float(p), float(q), precision, chunk_size)
+
+
+@triton_op("fastflow::field_triton", mutates_args=())
+def _field_triton_op(x: torch.Tensor, ref: torch.Tensor, t: torch.Tensor, a: torch.Tensor, kind: int, p: float,
+                     q: float, precision: str, chunk_size: int | None) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                 torch.Tensor]:
+    """:func:`field_triton` as an operator. Its body must trace on fake tensors: no host reads of values, and
+    views by ``narrow`` / ``unsqueeze`` rather than ``[]`` (indexing a fake CUDA tensor needs a CUDA build of
+    torch, which would keep the CPU tests from tracing it)."""
     B, d = x.shape
     R = ref.shape[0]
     dev = x.device
     f32 = torch.float32
-    cfg = _tiles(dev, tiles)
+    cfg = _tiles(dev)
     BM, BN, BK, BD = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"], cfg["BLOCK_D"]
     launch = {k: cfg[k] for k in ("num_warps", "num_stages") if k in cfg}
     x = x.contiguous()
@@ -66,28 +85,28 @@ def field_triton(x, ref, t, a, kind, p, q, *, precision="ieee", chunk_size=None,
     l = torch.zeros(B, dtype=f32, device=dev)
     l2 = torch.zeros(B, dtype=f32, device=dev)
     for start in range(0, R, N):
-        y = ref[start:start + N]
+        y = ref.narrow(0, start, min(N, R - start))
         n = y.shape[0]
         nt = triton.cdiv(n, BN)
-        _field_logits_kernel[(triton.cdiv(B, BM), nt)](
+        wrap_triton(_field_logits_kernel)[(triton.cdiv(B, BM), nt)](
             x, y, c, t, a, rel, sp, jp, lp, l2p,
             B, n, d, x.stride(0), y.stride(0), rel.stride(0), sp.stride(0),
             float(p), float(q),
             KIND=kind, PRECISION=precision, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, **launch)
         # merge the per-tile partial stats into the running ones (B x n_tiles, negligible)
-        st, lt, l2t = sp[:, :nt], lp[:, :nt], l2p[:, :nt]
+        st, lt, l2t = sp.narrow(1, 0, nt), lp.narrow(1, 0, nt), l2p.narrow(1, 0, nt)
         s_chunk, tile = st.min(dim=1)
         s_new = torch.minimum(smin, s_chunk)
-        j_chunk = jp[:, :nt].gather(1, tile[:, None]).squeeze(1).long() + start
+        j_chunk = jp.narrow(1, 0, nt).gather(1, tile.unsqueeze(1)).squeeze(1).long() + start
         jmin = torch.where(s_chunk < smin, j_chunk, jmin)
         alpha = torch.where(torch.isinf(smin), torch.zeros_like(smin),
                             torch.exp(rel_log_weight(smin, s_new, t, kind, p, q)))
-        shift = rel_log_weight(st, s_new[:, None], t[:, None], kind, p, q).contiguous()
+        shift = rel_log_weight(st, s_new.unsqueeze(1), t.unsqueeze(1), kind, p, q).contiguous()
         r = torch.exp(shift)
         l = l * alpha + (lt * r).sum(dim=1)
         l2 = l2 * alpha * alpha + (l2t * r * r).sum(dim=1)
         smin = s_new
-        _field_wsum_kernel[(triton.cdiv(B, BM), triton.cdiv(d, BD))](
+        wrap_triton(_field_wsum_kernel)[(triton.cdiv(B, BM), triton.cdiv(d, BD))](
             rel, shift, alpha, y, out, B, n, d, rel.stride(0), shift.stride(0), y.stride(0), out.stride(0),
             PRECISION=precision, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD, **launch)
-    return out / l[:, None], exact_log_norm(x, ref, t, a, jmin, l, kind, p, q), l * l / l2
+    return out / l.unsqueeze(1), exact_log_norm(x, ref, t, a, jmin, l, kind, p, q, traced=True), l * l / l2

@@ -27,6 +27,9 @@ from . import _validate as V
 from ._field_reference import field_reference
 from ._field_torch import field_torch
 
+if _loader.has_triton():  # registers torch.ops.fastflow.field_triton (a triton_op), so torch.compile finds it
+    from ._field_triton import field_triton
+
 BACKENDS = ("reference", "torch", "triton")
 #: Dot-product precision. "ieee" (default) is true fp32; "tf32" and "bf16" are an explicit opt-in:
 #: at d = 3072 the Poisson temperature (d+1)/2 = 1537 multiplies any relative error of r^2 by that much.
@@ -85,8 +88,10 @@ def empirical_field(x2, t, ref2, *, a, params, log_weight_ref, backend=None, pre
         cdt = compute_dtype(x2.dtype)
         return field_reference(x2.to(cdt), ref2.to(cdt), t, a, log_weight_ref)
     if name == "triton" and x2.dtype != torch.float64:
-        from ._field_triton import field_triton
-
+        if V.compiling() and x2.device.type != "cuda":
+            raise NotImplementedError(
+                "backend='triton' compiles only on CUDA: the Triton interpreter runs kernels eagerly but cannot "
+                "trace them. Inside torch.compile on the CPU use backend='torch' (the default).")
         return field_triton(x2, ref2, t, a, kind, p, q, precision=precision, chunk_size=chunk_size)
     # float64 on CUDA goes to the torch backend (cuBLAS DGEMM): the Triton kernels accumulate in float32.
     return field_torch(x2, ref2, t, a, kind, p, q, precision=precision, chunk_size=chunk_size)
