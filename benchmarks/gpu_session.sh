@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Everything a lent GPU machine should do for fastflow (device time is scarce: 30 minutes a session).
-#   bash benchmarks/gpu_session.sh [SECTION...]     SECTION: build tests field prior ode_step solvers (default: all)
+#   bash benchmarks/gpu_session.sh [SECTION...]
+#   SECTION: build tests field prior ode_step solvers demo report (default: all but demo and report)
 # One 10-minute device call holds about build + tests, or build + the four benchmarks with the sizes below: split
-# the sections over two calls. Logs and JSON go to $OUT when set (the device tool's folder), else
-# benchmarks/results/; commit the JSON (every row names the device) under a name that says the GPU.
+# the sections over two calls. demo and report run the CLI on the GPU (`fastflow demo --device cuda`, 3 files, and
+# `fastflow bench --device cuda`, report.md + plots); the device tool returns at most 8 files a call. Logs and
+# JSON go to $OUT when set (the device tool's folder), else benchmarks/results/; commit the JSON (every row names
+# the device) under a name that says the GPU.
 #
 # Seen on the device image (2026-11-23, H100, torch 2.11+cu130): its CXX=/opt/gcc/bin/g++ links libstdc++
 # statically into fastflow._C, and the second copy of the iostreams then segfaults as soon as an error message
@@ -50,4 +53,12 @@ if has solvers; then
   echo "== bench_solvers (peers that are not installed are skipped with a note)"
   python3 benchmarks/bench_solvers.py --device cuda --out "$out/solvers_$gpu.json" 2>&1 \
     | tee "$out/bench_solvers_$gpu.log" | tail -30
+fi
+if has demo; then
+  echo "== fastflow demo --device cuda"
+  python3 -m fastflow demo --device cuda --quiet --out "$out/demo_$gpu" 2>&1 | tail -25
+fi
+if has report; then
+  echo "== fastflow bench --device cuda"
+  python3 -m fastflow bench --device cuda --quiet --out "$out/report_$gpu" 2>&1 | tail -25
 fi
