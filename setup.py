@@ -13,7 +13,15 @@ torch must be importable when this runs: ``pip install --no-build-isolation -e .
 import glob
 import os
 
+import setuptools
 from setuptools import setup
+
+if int(setuptools.__version__.split(".")[0]) < 77:
+    # pyproject.toml's `license = "MIT"` (PEP 639) needs setuptools 77; a Python 3.11 venv ships 65.5
+    raise SystemExit(
+        f"fastflow needs setuptools >= 77 to build (found {setuptools.__version__}). Run "
+        '`pip install "setuptools>=77"`, then `pip install --no-build-isolation -e .` again.'
+    )
 
 try:
     import torch

@@ -12,8 +12,9 @@ opaque to Dynamo (fake outputs come from running the launcher on fake tensors), 
 decomposes it into the torch ops and the two Triton kernel calls, which Inductor compiles as user-defined
 Triton kernels beside its own. The body therefore reads no tensor values on the host.
 
-The Triton interpreter (TRITON_INTERPRET=1, the CPU tests) runs the op eagerly, but cannot trace it:
-``wrap_triton`` hands interpreted kernels back unwrapped, and they would read fake tensors' data.
+The Triton interpreter (TRITON_INTERPRET=1, the CPU tests) runs the op eagerly, but cannot trace it: its kernels
+are not JITFunctions, which ``wrap_triton`` needs (torch 2.11 rejects them; later versions hand them back
+unwrapped, and they would read fake tensors' data).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import os
 import torch
 import triton
 from torch.library import triton_op, wrap_triton
+from triton.runtime.jit import JITFunction
 
 from ._field_torch import exact_log_norm
 from ._logweights import rel_log_weight
@@ -35,6 +37,10 @@ INTERPRET_TILES = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=256, BLOCK_D=256)
 
 #: default rows of the reference set per chunk (the (B, N) log-weight buffer is the only O(B*N) temporary)
 DEFAULT_CHUNK = 16384
+
+
+#: TRITON_INTERPRET=1 at decoration: the kernels are the interpreter's, which launch as they are
+_INTERPRETED = not isinstance(_field_logits_kernel, JITFunction)
 
 
 def _tiles(device: torch.device):
@@ -84,11 +90,15 @@ def _field_triton_op(x: torch.Tensor, ref: torch.Tensor, t: torch.Tensor, a: tor
     jmin = torch.zeros(B, dtype=torch.int64, device=dev)
     l = torch.zeros(B, dtype=f32, device=dev)
     l2 = torch.zeros(B, dtype=f32, device=dev)
+    if _INTERPRETED:
+        logits_kernel, wsum_kernel = _field_logits_kernel, _field_wsum_kernel
+    else:  # spelled out (not through a helper) so that torch finds the kernels for its compile-cache key
+        logits_kernel, wsum_kernel = wrap_triton(_field_logits_kernel), wrap_triton(_field_wsum_kernel)
     for start in range(0, R, N):
         y = ref.narrow(0, start, min(N, R - start))
         n = y.shape[0]
         nt = triton.cdiv(n, BN)
-        wrap_triton(_field_logits_kernel)[(triton.cdiv(B, BM), nt)](
+        logits_kernel[(triton.cdiv(B, BM), nt)](
             x, y, c, t, a, rel, sp, jp, lp, l2p,
             B, n, d, x.stride(0), y.stride(0), rel.stride(0), sp.stride(0),
             float(p), float(q),
@@ -106,7 +116,7 @@ def _field_triton_op(x: torch.Tensor, ref: torch.Tensor, t: torch.Tensor, a: tor
         l = l * alpha + (lt * r).sum(dim=1)
         l2 = l2 * alpha * alpha + (l2t * r * r).sum(dim=1)
         smin = s_new
-        wrap_triton(_field_wsum_kernel)[(triton.cdiv(B, BM), triton.cdiv(d, BD))](
+        wsum_kernel[(triton.cdiv(B, BM), triton.cdiv(d, BD))](
             rel, shift, alpha, y, out, B, n, d, rel.stride(0), shift.stride(0), y.stride(0), out.stride(0),
             PRECISION=precision, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD, **launch)
     return out / l.unsqueeze(1), exact_log_norm(x, ref, t, a, jmin, l, kind, p, q, traced=True), l * l / l2

@@ -114,6 +114,8 @@ TRACE_SCRIPT = textwrap.dedent("""
         "kernels": kernels,
         "opaque_left": sum("fastflow.field_triton" in s for s in nodes),
         "host_reads": sum("_local_scalar_dense" in s for s in nodes),
+        "cache_key_kernels": sorted(k.fn.__name__ for k in
+                                    torch._library.triton.get_triton_kernels_for_op("fastflow::field_triton")),
         "graph_out": [[list(v.shape), str(v.dtype), str(v.device)] for v in vals],
     }))
 """)
@@ -137,6 +139,8 @@ def test_op_traces_into_triton_kernel_calls_on_fake_cuda_tensors():
     assert got["kernels"] == ["_field_logits_kernel", "_field_wsum_kernel"] * 3
     assert got["opaque_left"] == 0
     assert got["host_reads"] == 0
+    # torch keys its compile cache on the kernels it finds in the op's source
+    assert got["cache_key_kernels"] == ["_field_logits_kernel", "_field_wsum_kernel"]
 
 
 cuda_only = pytest.mark.skipif(DEVICE.type != "cuda", reason="compiling Triton kernels needs CUDA")
