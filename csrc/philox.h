@@ -48,7 +48,9 @@ C10_HOST_DEVICE inline void mulhilo(uint32_t a, uint32_t b, uint32_t& hi, uint32
 // between rounds. ctr = (c0, c1, c2, c3), key = (k0, k1). The key is bumped after every round (the last bump is
 // unused) so that the loop has no branch: a loop of these over a block of counters vectorises (draw.cpp).
 C10_HOST_DEVICE inline U32x4 philox4x32_10(U32x4 c, uint32_t k0, uint32_t k1) {
+#if defined(__CUDA_ARCH__)  // device pass only: the host compiler warns on an unknown pragma (g++ unrolls at -O3)
 #pragma unroll
+#endif
   for (int r = 0; r < kRounds; ++r) {
     uint32_t hi0, lo0, hi1, lo1;
     mulhilo(kMul0, c.x, hi0, lo0);
