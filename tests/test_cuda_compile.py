@@ -1,12 +1,13 @@
 """Every CUDA source csrc/cuda/*.cu compiles for sm_90 (H100/H200), so the CUDA code cannot rot unseen on
 machines without a GPU (CI has nvcc but no GPU; this machine's torch is a CPU wheel).
 
-The command is the one setup.py's CUDAExtension would run, reduced to what a compile check needs:
-``nvcc -std=c++17 -arch=sm_90 -c FILE`` with torch's and Python's include directories, torch's C++ ABI flag,
--DWITH_CUDA and --expt-relaxed-constexpr. A CPU wheel of torch lacks the generated header
-c10/cuda/impl/cuda_cmake_macros.h that c10/cuda's headers include; a stand-in defining what the CUDA builds of
-torch define there is written to a temporary directory and put on the include path. The object files are
-discarded: this checks that the code compiles, not how it runs (the CUDA tests do that on a GPU machine).
+The command is the one setup.py's CUDAExtension would run, reduced to what a compile check needs: ``nvcc -std=c++NN
+-arch=sm_90 -c FILE`` (the standard torch's cpp_extension passes: C++17 before torch 2.14, C++20 from 2.14, whose
+headers refuse anything older) with torch's and Python's include directories, torch's C++ ABI flag, -DWITH_CUDA and
+--expt-relaxed-constexpr. A CPU wheel of torch lacks the generated header c10/cuda/impl/cuda_cmake_macros.h that
+c10/cuda's headers include; a stand-in defining what the CUDA builds of torch define there is written to a temporary
+directory and put on the include path. The object files are discarded: this checks that the code compiles, not how
+it runs (the CUDA tests do that on a GPU machine).
 
 The files compile in parallel (each takes ~30-45 s on this machine: torch's headers dominate).
 """
@@ -34,6 +35,8 @@ def _nvcc() -> str | None:
 
 
 NVCC = _nvcc()
+#: the -std= that torch's cpp_extension gives nvcc (and so setup.py's build): torch 2.14's ATen requires C++20
+CXX_STD = "c++20" if tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 14) else "c++17"
 STUB = """#pragma once
 // Stand-in for the header that CUDA builds of torch generate (missing from the CPU wheel); compile check only.
 #define C10_CUDA_BUILD_SHARED_LIBS
@@ -57,7 +60,7 @@ def test_cuda_sources_compile_for_sm90(tmp_path):
 
     def compile_one(src):
         obj = tmp_path / (os.path.basename(src) + ".o")
-        cmd = [NVCC, "-std=c++17", "-arch=sm_90", "-c", src, "-o", str(obj), *includes, abi, "-DWITH_CUDA",
+        cmd = [NVCC, f"-std={CXX_STD}", "-arch=sm_90", "-c", src, "-o", str(obj), *includes, abi, "-DWITH_CUDA",
                "--expt-relaxed-constexpr", "-diag-suppress=3306"]  # 3306: torch's C++20 bit-field initialisers
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         return src, res.returncode, res.stderr[-6000:]
