@@ -109,7 +109,39 @@ TRACE_SCRIPT = textwrap.dedent("""
                if n.op == "call_function" and "triton_kernel_wrapper" in str(n.target)]
     out_node = [n for n in gm.graph.nodes if n.op == "output"][0]
     vals = [v.meta["val"] for v in out_node.args[0][-3:]]
+    # torch.compile itself (Dynamo + AOTAutograd) on CPU tensors with dynamic shapes: the compiled graph is
+    # captured and never run (running it needs a GPU). One graph must serve both batch sizes.
+    from torch._dynamo.backends.common import aot_autograd
+
+    class Captured(Exception):
+        pass
+
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+
+        def run(*args):
+            raise Captured()
+        return run
+
+    def f(x, ref, t, a):
+        xbar, log_norm, ess = torch.ops.fastflow.field_triton(x, ref, t, a, 0, 5.5, 0.0, "ieee", None)
+        return x - xbar, log_norm, ess
+
+    compiled = torch.compile(f, backend=aot_autograd(fw_compiler=capture), fullgraph=True, dynamic=True)
+    for b in (6, 9):
+        try:
+            compiled(torch.randn(b, d), torch.randn(R, d), torch.rand(b) + 0.5, torch.ones(b))
+        except Captured:
+            pass
+    grids = [n.kwargs["grid"] for g in graphs for n in g.graph.nodes
+             if n.op == "call_function" and "triton_kernel_wrapper" in str(n.target)]
+
     print(json.dumps({
+        "dynamo_graphs": len(graphs),
+        "symbolic_grids": sum(not isinstance(g[0][0], int) for g in grids),
+        "dynamo_kernels": len(grids),
         "fake": [[list(o.shape), str(o.dtype), str(o.device)] for o in outs],
         "kernels": kernels,
         "opaque_left": sum("fastflow.field_triton" in s for s in nodes),
@@ -125,7 +157,8 @@ TRACE_SCRIPT = textwrap.dedent("""
 def test_op_traces_into_triton_kernel_calls_on_fake_cuda_tensors():
     """What torch.compile does with the op on a GPU, up to Inductor's code generation: the fake outputs have the
     right shapes, dtypes and device, and AOTAutograd decomposes the op into torch ops plus the Triton kernels,
-    two per chunk of reference rows (40 rows in chunks of 16: 3 chunks), with no host read of a value."""
+    two per chunk of reference rows (40 rows in chunks of 16: 3 chunks), with no host read of a value; and
+    torch.compile(dynamic=True) itself traces it into one graph for two batch sizes."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     res = subprocess.run([sys.executable, "-c", TRACE_SCRIPT], capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stderr[-4000:]
@@ -141,6 +174,10 @@ def test_op_traces_into_triton_kernel_calls_on_fake_cuda_tensors():
     assert got["host_reads"] == 0
     # torch keys its compile cache on the kernels it finds in the op's source
     assert got["cache_key_kernels"] == ["_field_logits_kernel", "_field_wsum_kernel"]
+    # torch.compile(dynamic=True): one graph for batches of 6 and 9, its two kernel grids symbolic in the batch
+    assert got["dynamo_graphs"] == 1
+    assert got["dynamo_kernels"] == 2
+    assert got["symbolic_grids"] == 2
 
 
 cuda_only = pytest.mark.skipif(DEVICE.type != "cuda", reason="compiling Triton kernels needs CUDA")
