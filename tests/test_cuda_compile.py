@@ -36,7 +36,7 @@ def _nvcc() -> str | None:
 
 NVCC = _nvcc()
 #: the -std= that torch's cpp_extension gives nvcc (and so setup.py's build): torch 2.14's ATen requires C++20
-CXX_STD = "c++20" if tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 14) else "c++17"
+CXX_STD = "c++20" if torch.__version__ >= "2.14" else "c++17"
 STUB = """#pragma once
 // Stand-in for the header that CUDA builds of torch generate (missing from the CPU wheel); compile check only.
 #define C10_CUDA_BUILD_SHARED_LIBS

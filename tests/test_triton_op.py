@@ -8,6 +8,7 @@ What each machine can check:
   calls per chunk, the graph Inductor would compile; no CUDA is needed to trace;
 - on CUDA (FASTFLOW_TEST_DEVICE=cuda): the full opcheck, and fullgraph torch.compile with Inductor against eager.
 """
+import json
 import os
 import subprocess
 import sys
@@ -18,11 +19,11 @@ import torch
 
 import fastflow
 from fastflow import _loader
+from fastflow._logweights import POISSON
 from _util import DEVICE, rel_err_rows
 
 pytestmark = pytest.mark.skipif(not _loader.triton_usable_on(DEVICE), reason="Triton not usable on this device")
 
-POISSON = 0  # fastflow._logweights.POISSON
 B, R, D_ = 6, 40, 10
 
 
@@ -162,8 +163,6 @@ def test_op_traces_into_triton_kernel_calls_on_fake_cuda_tensors():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     res = subprocess.run([sys.executable, "-c", TRACE_SCRIPT], capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stderr[-4000:]
-    import json
-
     got = json.loads(res.stdout.strip().splitlines()[-1])
     want_meta = [[[6, 10], "torch.float32", "cuda:0"], [[6], "torch.float32", "cuda:0"],
                  [[6], "torch.float32", "cuda:0"]]
@@ -201,7 +200,7 @@ def test_targets_with_triton_backend_compile_with_inductor(name):
         "Gaussian.posterior_mean": lambda x, t, ref: fastflow.Gaussian().posterior_mean(x, t, ref,
                                                                                          backend="triton"),
     }
-    x, ref, t = _args()[0], _args()[1], _args()[2]
+    x, ref, t = _args()[:3]
     fn = fns[name]
     want = fn(x, t, ref)
     got = torch.compile(fn, fullgraph=True)(x, t, ref)
