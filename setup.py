@@ -25,12 +25,12 @@ if int(setuptools.__version__.split(".")[0]) < 77:
 
 try:
     import torch
-except ImportError:
+except ImportError as e:
     raise SystemExit(
         "fastflow's setup.py needs torch to compile the extension fastflow._C, and torch is not importable. "
         "Install torch first, then `pip install --no-build-isolation -e .` (without --no-build-isolation pip "
         "builds in a fresh environment, whose torch may not match the one fastflow will run with)."
-    )
+    ) from e
 from torch.utils import cpp_extension
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
@@ -38,7 +38,14 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+    """fastflow's one boolean rule (fastflow/_core/config.py, which setup.py cannot import before the build)."""
+    raw = os.environ.get(name, "")
+    v = raw.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("", "0", "false", "no", "off"):
+        return False
+    raise SystemExit(f"{name} must be a boolean (1/true/yes/on or 0/false/no/off, or empty), got {raw!r}")
 
 
 def _sources(pattern: str) -> list[str]:
@@ -80,16 +87,46 @@ def _build_cuda() -> bool:
     return problem is None
 
 
+class FallbackBuildExtension(BuildExtension):
+    """BuildExtension, but a CUDA build that fails (nvcc, or the link: a wrapper nvcc without libcudart, say)
+    is retried as the CPU-only extension with a warning, unless FASTFLOW_FORCE_CUDA=1 asks for CUDA or failure."""
+
+    def build_extension(self, ext):
+        cuda = any(src.endswith(".cu") for src in ext.sources)
+        try:
+            return super().build_extension(ext)
+        except Exception as e:  # a compiler or linker error surfaces as one of several distutils errors
+            if not cuda or _env_flag("FASTFLOW_FORCE_CUDA"):
+                raise
+            print(f"\nWARNING: fastflow: the CUDA build of fastflow._C failed ({type(e).__name__}: {e}).\n"
+                  "WARNING: building the CPU-only extension instead (the CUDA draws fall back to torch, the Triton "
+                  "kernels still run on the GPU). FASTFLOW_FORCE_CUDA=1 makes this failure fatal; "
+                  "FASTFLOW_SKIP_CUDA_BUILD=1 skips the CUDA attempt. A build without --no-build-isolation "
+                  "compiles against another torch than the one installed: use pip install --no-build-isolation -e .",
+                  flush=True)
+            # the same extension without its .cu sources, the WITH_CUDA macro and the CUDA libraries (the compile
+            # flags that build_extensions added for torch stay); force: every object is rebuilt without WITH_CUDA
+            ext.sources = [src for src in ext.sources if not src.endswith(".cu")]
+            ext.define_macros = [m for m in ext.define_macros if m[0] != "WITH_CUDA"]
+            ext.libraries = [lib for lib in ext.libraries if "cuda" not in lib]
+            self.force = True
+            return super().build_extension(ext)
+
+
+#: -fopenmp at compile and link time: at::parallel_for is a header template whose OpenMP pragma is compiled into
+#: this module (without it, the loops run on one thread); the libgomp it links against is the one torch has
+#: already loaded (same soname). -ffp-contract=off: no fused multiply-adds, so the SIMD clones of draw.cpp
+#: (AVX-512, AVX2, baseline) and a scalar loop give bitwise the same numbers; -fno-math-errno lets sqrt vectorise
+#: (errno is never read).
+_CXX_ARGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno"]
+_LINK_ARGS = ["-fopenmp"]
+
+
 def get_extensions():
     """The one extension module ``fastflow._C``: csrc/*.cpp, plus csrc/cuda/*.cu when CUDA can be built."""
     sources = _sources("csrc/*.cpp")
-    # -fopenmp at compile and link time: at::parallel_for is a header template whose OpenMP pragma is compiled
-    # into this module (without it, the loops run on one thread); the libgomp it links against is the one torch
-    # has already loaded (same soname).
-    # -ffp-contract=off: no fused multiply-adds, so the SIMD clones of draw.cpp (AVX-512, AVX2, baseline) and a
-    # scalar loop give bitwise the same numbers; -fno-math-errno lets sqrt vectorise (errno is never read).
-    extra_compile_args = {"cxx": ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno"]}
-    extra_link_args = ["-fopenmp"]
+    extra_compile_args = {"cxx": list(_CXX_ARGS)}
+    extra_link_args = list(_LINK_ARGS)
     if not _build_cuda():
         return [CppExtension("fastflow._C", sources, extra_compile_args=extra_compile_args,
                              extra_link_args=extra_link_args)]
@@ -103,4 +140,4 @@ def get_extensions():
                           extra_compile_args=extra_compile_args, extra_link_args=extra_link_args)]
 
 
-setup(ext_modules=get_extensions(), cmdclass={"build_ext": BuildExtension})
+setup(ext_modules=get_extensions(), cmdclass={"build_ext": FallbackBuildExtension})

@@ -32,15 +32,30 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import torch
 
-from fastflow.bench import fmt_bytes, fmt_num  # noqa: F401  (one copy, shared with fastflow bench)
-
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def fmt_bytes(n: float | None) -> str:
+    """Bytes as '3.5 MiB' ('-' for None)."""
+    if n is None:
+        return "-"
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{int(n)} B"
+
+
+def fmt_num(v: float | None, spec: str = ".3g", unit: str = "") -> str:
+    """A number with ``spec`` and ``unit`` ('-' for None or non-finite)."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return format(v, spec) + unit
 
 
 # --------------------------------------------------------------------------------------------------- seeding
@@ -164,7 +179,7 @@ def _print_progress(it, total, desc):
 
 def fp32_ieee_matmul():
     """CUDA float32 matmuls in true IEEE fp32 (no TF32) inside the block, whatever the global setting was."""
-    from fastflow._field_torch import fp32_matmul_precision
+    from fastflow._core.dispatch import fp32_matmul_precision
 
     return fp32_matmul_precision("ieee")
 

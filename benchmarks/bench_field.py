@@ -2,7 +2,7 @@
 
 Every provider computes the same (B, d+1) tensor, ``fastflow.pfgm.target(x, z, ref, gamma=5)``:
 
-- ``official``: the faithful port of the official PFGM code (``fastflow._official.pfgm_target_official``), which
+- ``official``: the faithful port of the official PFGM code (``fastflow.testing.pfgm_target_official``), which
   materialises [B, R, d+1] tensors (6.4 GB each at the CIFAR size).
 - ``torch_dense``: plain PyTorch, GEMM + softmax + GEMM, materialising B x R (written below).
 - ``fastflow_torch``, ``fastflow_triton``: fastflow's streaming backends. ``triton`` runs on CUDA only; on the CPU it
@@ -41,11 +41,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
-import fastflow  # noqa: E402
-import fastflow.field  # noqa: E402
-from fastflow._official import pfgm_target_official  # noqa: E402
+import fastflow
+import fastflow._core.dispatch
+from fastflow.testing import pfgm_target_official
 
 #: name -> (B, R, d). The CPU goal size is the one the CPU goals are judged at.
 SIZES = {
@@ -114,7 +114,7 @@ def memory_estimate(provider: str, B: int, R: int, d: int, itemsize: int) -> int
     if provider == "torch_dense":
         return 4 * B * R * itemsize + 4 * out
     if provider == "fastflow_torch":
-        from fastflow._field_torch import chunk_rows
+        from fastflow.field.torch_backend import chunk_rows
 
         Cr = min(R, chunk_rows(B, d, itemsize))
         # the chunk's budget, plus as much again for validation and centring temporaries (measured: ~1.7x)
@@ -419,7 +419,7 @@ def main(argv=None) -> int:
     ff_backends = [b for b in ("torch", "triton") if b in info["field_backends"]]
     if device.type == "cpu":
         ff_backends = [b for b in ff_backends if b != "triton"]  # interpreter only: not benchmarked
-    default_backend = fastflow.field.select_backend(device)
+    default_backend = fastflow._core.dispatch.select_backend(device)
     run_ts = C.utc_now()
     meta = dict(benchmark="bench_field", timestamp=run_ts, **C.device_info(device), **C.versions(),
                 fastflow_C=info["C"], fastflow_C_cuda=info["C_cuda"], matmul_precision="ieee",

@@ -8,7 +8,7 @@ Per size (B, d) and dtype, three calls of a dopri5 step, each timed for every pr
 
 Providers:
 
-- ``reference``: :mod:`fastflow._ode_step_reference`, one ``add_`` per stage (what the solvers ran before);
+- ``reference``: :mod:`fastflow.ode.step_reference`, one ``add_`` per stage (what the solvers ran before);
 - ``torch_bmm``: the batched-GEMM form (``use_ext_op=False``: the torch backend without the extension);
 - ``fastflow_C`` (CPU): the C++ ops ``fastflow::rk_combine_`` / ``rk_error_norm_`` (the torch backend's default);
 - ``triton`` (CUDA): the fused kernels (:mod:`fastflow.kernels.ode`).
@@ -30,12 +30,12 @@ import sys
 import time
 from pathlib import Path
 
+import _common as C
 import torch
 
-import _common as C
 import fastflow
-from fastflow._ode_step_reference import combine_reference, error_norm_reference
-from fastflow._ode_step_torch import combine_torch, error_norm_torch
+from fastflow.ode.step_reference import combine_reference, error_norm_reference
+from fastflow.ode.step_torch import combine_torch, error_norm_torch
 
 B_DOPRI5 = [35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0]
 A5_DOPRI5 = [19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729]
@@ -65,7 +65,7 @@ def providers(device: torch.device, y, K, h, y_new, out):
             "error_norm": lambda: error_norm_torch(y, y_new, K, h, E_DOPRI5, RTOL, ATOL),
         }
     if device.type == "cuda" and fastflow.backends()["triton"]:
-        from fastflow._ode_step_triton import combine_triton, error_norm_triton
+        from fastflow.ode.step_triton import combine_triton, error_norm_triton
 
         prov["triton"] = {
             "combine_b": lambda: combine_triton(y, K, h, B_DOPRI5, out),

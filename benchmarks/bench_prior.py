@@ -28,7 +28,7 @@ Providers (every one draws n = B points of dimension d, float32 unless stated):
 - ``fastflow_pfgm_clip`` (D = 1 only): ``fastflow.pfgm.prior(..., upper_norm=U)``, the official clipped law, for a
   like-for-like comparison with ``official``.
 - ``fastflow_torchpath``: ``fastflow.Poisson(D).prior`` with the pure-torch path forced (FASTFLOW_DISABLE_C=1 and
-  ``fastflow._loader.reprobe()`` around the measurement, restored after). Skipped, with a note, when the
+  ``fastflow._core.loader.reprobe()`` around the measurement, restored after). Skipped, with a note, when the
   extension is not loaded (``fastflow`` then already measures the torch path).
 
 T and U: for D = 1 the official PFGM sampling configs, z_max / upper_norm = 40 / 3000 at d = 3072 (MATH.md §5),
@@ -78,9 +78,9 @@ from scipy import special, stats
 from torch.distributions import Beta
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
-import fastflow  # noqa: E402
+import fastflow
 
 SIZES_B = (128, 1000)
 SIZES_d = (3072, 12288, 196608)
@@ -165,7 +165,7 @@ def forced_torch_path():
     """fastflow with its pure-torch path: FASTFLOW_DISABLE_C=1 and the loader's cache cleared; restored after."""
     old = os.environ.get("FASTFLOW_DISABLE_C")
     os.environ["FASTFLOW_DISABLE_C"] = "1"
-    fastflow._loader.reprobe()
+    fastflow._core.loader.reprobe()
     try:
         yield
     finally:
@@ -173,7 +173,7 @@ def forced_torch_path():
             os.environ.pop("FASTFLOW_DISABLE_C", None)
         else:
             os.environ["FASTFLOW_DISABLE_C"] = old
-        fastflow._loader.reprobe()
+        fastflow._core.loader.reprobe()
 
 
 def torchpath_problem() -> str | None:

@@ -66,17 +66,17 @@ import math
 import pstats
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
-import fastflow  # noqa: E402
-from fastflow import pfgm  # noqa: E402
+import fastflow
+from fastflow import pfgm
 
 PROVIDERS = ("scipy_rk45", "torchdiffeq", "torchode", "fastflow", "fastflow_shared")
 RTOL = ATOL = 1e-4

@@ -16,7 +16,7 @@
 TORCH_LIBRARY(fastflow, m) {
   // The fake (meta) implementations live in Python; torch requires this pointer to the module that registers
   // them with torch.library.register_fake.
-  m.set_python_module("fastflow._ops");
+  m.set_python_module("fastflow._core.ops");
   // One streaming step of the field over the chunk of C reference points that starts at index `offset`
   // (online_step_torch in fastflow/_field_torch.py): dots (B, C) is overwritten with the weights; smin, jmin
   // (int64), l, l2 (B,) are updated in place; the returned alpha (B,) rescales the caller's running weighted sum.

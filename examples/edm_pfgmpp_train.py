@@ -18,7 +18,7 @@ import math
 import torch
 
 import fastflow
-from fastflow.demo import EDMDenoiser, load_digits, sliced_wasserstein
+from fastflow.apps.demo import EDMDenoiser, load_digits, sliced_wasserstein
 
 
 def main(argv=None):

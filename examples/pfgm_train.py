@@ -16,7 +16,7 @@ import argparse
 import torch
 
 import fastflow
-from fastflow.demo import MLP, load_digits, sliced_wasserstein
+from fastflow.apps.demo import MLP, load_digits, sliced_wasserstein
 
 
 def main(argv=None):

@@ -1,10 +1,14 @@
 """fastflow: compiled kernels for ODE-based generative models (PFGM, PFGM++, EDM/VE, rectified flow).
 
-See README.md for a tour, ../shared/MATH.md for the mathematics and API.md for the contract.
+The public names are below; README.md has a tour and docs/ the mathematics and the API. The package's map:
+``field/`` (the empirical-field engine), ``ode/`` (the solvers), ``draws.py`` (exact draws), ``families.py``
+(the constructions' laws), ``samplers.py``, ``likelihood.py``, ``pfgm.py``, ``targets.py``, ``distributed.py``,
+``testing/`` (faithful ports of the official algorithms), ``apps/`` (the command line and the demo), and
+``_core/`` (the runtime they share: loader, config, dispatch, validation).
 """
-from . import _ops  # noqa: F401  (fake implementations of the compiled ops, when the extension is built)
 from . import distributed, pfgm
-from ._loader import backends
+from ._core import ops as _ops  # noqa: F401  (fake implementations of the compiled ops, when the extension is built)
+from ._core.loader import backends
 from .families import Family, Gaussian, Poisson, RadialCDF, RectifiedFlow
 from .field import FieldStats
 from .likelihood import LikelihoodResult, log_likelihood

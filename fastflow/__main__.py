@@ -1,6 +1,6 @@
-"""``python -m fastflow``: the ``fastflow`` command (fastflow/cli.py)."""
+"""python -m fastflow: the fastflow command (fastflow/apps/cli.py)."""
 import sys
 
-from .cli import main
+from .apps.cli import main
 
 sys.exit(main())

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _validate as V
+from ._core import validate as V
 
 _DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 

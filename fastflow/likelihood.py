@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
-from . import _nvtx
-from . import _validate as V
+from ._core import nvtx
+from ._core import validate as V
 from .ode import odeint
 
 __all__ = ["log_likelihood", "LikelihoodResult", "bpd", "EXACT_MAX_DIM", "DIVERGENCES", "DERIVATIVES"]
@@ -203,7 +203,7 @@ def _time_arg(name: str, v, B: int, device: torch.device):
     return float(v)
 
 
-@_nvtx.annotate("fastflow.log_likelihood")
+@nvtx.annotate("fastflow.log_likelihood")
 def log_likelihood(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
                    t0: float | torch.Tensor, t1: float | torch.Tensor,
                    prior_logp: Callable[[torch.Tensor], torch.Tensor], *, divergence: str | None = None,

@@ -15,14 +15,15 @@ import numbers
 
 import torch
 
-from . import _nvtx
-from . import _validate as V
-from . import sampling as S
+from . import draws as S
+from ._core import nvtx
+from ._core import validate as V
+from ._core.dispatch import compute_dtype
 from .families import Poisson
-from .field import compute_dtype
+from .field import evaluate
 
 
-@_nvtx.annotate("fastflow.pfgm.target")
+@nvtx.annotate("fastflow.pfgm.target")
 def target(x, z, ref, *, gamma: float = 5.0, backend=None, precision="ieee", chunk_size=None):
     """PFGM's normalised empirical Poisson field: sqrt(d) * E / (||E|| + gamma), with E = (xbar - x, -z).
 
@@ -40,14 +41,15 @@ def target(x, z, ref, *, gamma: float = 5.0, backend=None, precision="ieee", chu
     """
     if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not math.isfinite(gamma) or gamma < 0:
         raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
-    fam = Poisson(D=1)
-    x2, zz, xbar, _, _, dtype = fam._field(x, z, ref, backend, precision, chunk_size, t_name="z")
-    B, d = x2.shape
-    E = torch.empty(B, d + 1, dtype=xbar.dtype, device=xbar.device)
-    E[:, :d] = xbar - x2.to(xbar.dtype)  # (a strided out= view would stop torch.compile)
-    E[:, d] = -zz
-    E.mul_(math.sqrt(d) / (torch.linalg.vector_norm(E, dim=1, keepdim=True) + gamma))
-    return E.to(dtype)
+    res = evaluate(Poisson(D=1), x, z, ref, t_name="z", backend=backend, precision=precision, chunk_size=chunk_size)
+    B, d = res.x.shape
+    E = torch.empty(B, d + 1, dtype=res.xbar.dtype, device=res.xbar.device)
+    E[:, :d] = res.xbar - res.x  # (a strided out= view would stop torch.compile)
+    E[:, d] = -res.t
+    # ||E|| as m ||E / m||, m = max |E_k|: z^2 overflows float32 beyond z = 1.8e19 while the direction is exact
+    m = E.abs().amax(dim=1, keepdim=True).clamp_min_(torch.finfo(E.dtype).tiny)
+    E.mul_(math.sqrt(d) / (m * torch.linalg.vector_norm(E / m, dim=1, keepdim=True) + gamma))
+    return E.to(res.dtype)
 
 
 #: The official restrict_M rule (forward_pz): a sample whose |z| (before the (1+tau)^m factor) is below this
@@ -56,7 +58,7 @@ RESTRICT_Z = 0.005
 RESTRICT_FRACTION = 0.7
 
 
-@_nvtx.annotate("fastflow.pfgm.perturb")
+@nvtx.annotate("fastflow.pfgm.perturb")
 def perturb(x0, *, M: float = 291, tau: float = 0.03, sigma_end: float = 0.01, restrict_M: bool = True,
             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """PFGM's training perturbation (official ``forward_pz``): x = x0 + (1+tau)^m eps, z = (1+tau)^m |s| sigma_end.
@@ -96,21 +98,21 @@ def perturb(x0, *, M: float = 291, tau: float = 0.03, sigma_end: float = 0.01, r
         m_small = S.uniform(B, generator=generator, device=dev).mul_(int(M * RESTRICT_FRACTION))
         m = torch.where(z < RESTRICT_Z, m_small, m)
     mult = torch.pow(1.0 + tau, m)
-    ddt = S.draw_dtype(x0.dtype)
-    scale = sigma_end * mult                                                   # (B,) float64
-    if S.can_draw_fused(dev, ddt, S.RADIUS_ONE):  # x0 + scale g in one Philox pass
-        ones = torch.ones(B, dtype=torch.float64, device=dev)
-        x = S.draw_fused(x0.reshape(B, d), ones, scale, B, d, radius_kind=S.RADIUS_ONE, generator=generator,
-                         device=dev, dtype=ddt)
-    else:
-        x = S.normal(B, d, generator=generator, device=dev, dtype=ddt)
-        x.mul_(scale.to(ddt)[:, None]).add_(x0.reshape(B, d).to(ddt))
+    ones = torch.ones(B, dtype=torch.float64, device=dev)
+    x = S.draw(x0.reshape(B, d), ones, sigma_end * mult, B, d, S.Radius(), generator=generator, device=dev,
+               dtype=x0.dtype)                                                 # x0 + sigma_end (1+tau)^m g
     cdt = compute_dtype(x0.dtype)
     zz = (z * mult).to(cdt).clamp_min_(torch.finfo(cdt).tiny)
-    return x.to(x0.dtype).reshape(x0.shape), zz
+    out = x.to(x0.dtype)
+    if not (V.all_finite(zz) and V.all_finite(out)):
+        raise FloatingPointError(
+            f"pfgm.perturb: the noise scale (1 + tau)^m with m up to M = {M:g}, tau = {tau:g} reaches "
+            f"e^{M * math.log1p(tau):.4g}, which overflows {out.dtype if not V.all_finite(out) else cdt}: lower M "
+            "or tau (the official CIFAR-10 values are M = 291, tau = 0.03), or draw in float32 / float64")
+    return out.reshape(x0.shape), zz
 
 
-@_nvtx.annotate("fastflow.pfgm.prior")
+@nvtx.annotate("fastflow.pfgm.prior")
 def prior(n: int, shape, *, z_max, upper_norm: float | None = None, generator: torch.Generator | None = None,
           device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Points on the plane z = z_max: radius r = z_max ||g|| / |s| in a uniform direction (MATH.md §5).
@@ -141,15 +143,13 @@ def prior(n: int, shape, *, z_max, upper_norm: float | None = None, generator: t
         upper_norm = V.number("upper_norm", upper_norm, lower=1.0, strict=False)
     ddt = S.draw_dtype(dtype)
     d = math.prod(shape)
-    if upper_norm is None and S.can_draw_fused(device, ddt, S.RADIUS_CHI, 1.0):  # z_max g / |s|, one pass
-        out = S.draw_fused(None, None, zz, n, d, radius_kind=S.RADIUS_CHI, radius_param=1.0, generator=generator,
-                           device=device, dtype=ddt).to(dtype)
+    if upper_norm is None:  # z_max g / |s|: Poisson(1)'s prior
+        out = S.draw(None, None, zz, n, d, S.Radius(S.RADIUS_CHI, 1.0), generator=generator, device=device,
+                     dtype=dtype).to(dtype)
     else:  # the clip needs ||g|| before scaling: the pure-torch pieces
         s = S.chi(n, 1, generator=generator, device=device)
         g, norm = S.nonzero_normal(n, d, generator=generator, device=device, dtype=ddt)
-        r = zz * norm / s
-        if upper_norm is not None:
-            r = r.clamp_(1.0, upper_norm)
+        r = (zz * norm / s).clamp_(1.0, upper_norm)
         out = g.mul_((r / norm).to(ddt)[:, None]).to(dtype)
     if not V.all_finite(out):
         raise FloatingPointError(f"pfgm.prior: the draw overflows {dtype} (a heavy-tailed radius beyond its "
@@ -212,7 +212,7 @@ def _split_field(out, B: int, shape: tuple, d: int):
     return out[:, :d], out[:, d]
 
 
-@_nvtx.annotate("fastflow.pfgm.sample")
+@nvtx.annotate("fastflow.pfgm.sample")
 def sample(net_fn, x_init, *, z_max, z_min: float = 1e-3, method: str = "dopri5", rtol: float = 1e-4,
            atol: float = 1e-4, steps: int | None = None, z_exp: float | None = None, gamma: float = 5.0,
            vz_max: float = -1e-5, max_steps: int = 10_000, callback=None, progress: bool = False):
@@ -242,8 +242,8 @@ def sample(net_fn, x_init, *, z_max, z_min: float = 1e-3, method: str = "dopri5"
     Returns:
         :class:`fastflow.samplers.SampleResult`: x (B, *shape), nfe (B,), success (B,), t (B,) = log z reached.
     """
-    from .samplers import SampleResult
     from .ode import odeint
+    from .samplers import SampleResult
 
     if not callable(net_fn):
         raise TypeError(f"net_fn must be callable as net_fn(x, z), got {type(net_fn).__name__}")

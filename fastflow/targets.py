@@ -5,9 +5,10 @@ import math
 
 import torch
 
-from . import _nvtx
-from . import _validate as V
+from ._core import nvtx
+from ._core import validate as V
 from .families import Gaussian, Poisson
+from .field import evaluate
 
 
 def _sigma(sigma, x):
@@ -18,7 +19,7 @@ def _sigma(sigma, x):
     return s if isinstance(sigma, torch.Tensor) else float(sigma)
 
 
-@_nvtx.annotate("fastflow.pfgmpp_target")
+@nvtx.annotate("fastflow.pfgmpp_target")
 def pfgmpp_target(x, sigma, ref, *, D, backend=None, precision="ieee", chunk_size=None) -> torch.Tensor:
     """PFGM++ target: the posterior mean xbar under Poisson(D) weights at radius r = sigma * sqrt(D).
 
@@ -29,13 +30,12 @@ def pfgmpp_target(x, sigma, ref, *, D, backend=None, precision="ieee", chunk_siz
     Returns:
         (B, *shape) xbar, the regression target of a denoiser network trained on x0.
     """
-    fam = Poisson(D=D)
-    x2, _, xbar, _, _, dtype = fam._field(x, _sigma(sigma, x) * math.sqrt(D), ref, backend, precision, chunk_size,
-                                          t_name="sigma * sqrt(D)")
-    return xbar.to(dtype).reshape(x.shape)
+    res = evaluate(Poisson(D=D), x, _sigma(sigma, x) * math.sqrt(D), ref, t_name="sigma * sqrt(D)",
+                   backend=backend, precision=precision, chunk_size=chunk_size)
+    return res.output(res.xbar)
 
 
-@_nvtx.annotate("fastflow.stf_target")
+@nvtx.annotate("fastflow.stf_target")
 def stf_target(x, sigma, ref, *, backend=None, precision="ieee", chunk_size=None) -> torch.Tensor:
     """STF target: the posterior mean xbar under Gaussian weights exp(-||x - ref_j||^2 / (2 sigma^2)).
 
@@ -45,5 +45,6 @@ def stf_target(x, sigma, ref, *, backend=None, precision="ieee", chunk_size=None
     Returns:
         (B, *shape) xbar.
     """
-    x2, _, xbar, _, _, dtype = Gaussian()._field(x, sigma, ref, backend, precision, chunk_size, t_name="sigma")
-    return xbar.to(dtype).reshape(x.shape)
+    res = evaluate(Gaussian(), x, sigma, ref, t_name="sigma", backend=backend, precision=precision,
+                   chunk_size=chunk_size)
+    return res.output(res.xbar)

@@ -2,7 +2,6 @@
 import os
 
 import torch
-
 from conftest import rel_err_rows  # noqa: F401
 
 import fastflow

@@ -7,16 +7,16 @@ import os
 if os.environ.get("FASTFLOW_TEST_DEVICE", "cpu") == "cpu":
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from fastflow import _loader  # noqa: E402
+from fastflow._core import loader as _loader
 
 if _loader.has_triton():
     # Decorate the kernels now, while TRITON_INTERPRET=1: a test that flips the variable later must not
     # be the first to import them (triton picks interpreter or compiler at decoration time).
-    import fastflow.kernels.field  # noqa: E402, F401
-    import fastflow.kernels.ode  # noqa: E402, F401
+    import fastflow.kernels.field
+    import fastflow.kernels.ode  # noqa: F401
 
 
 @pytest.fixture(autouse=True)

@@ -1,12 +1,20 @@
-"""``fastflow bench`` (fastflow/bench.py): runs a benchmark script end to end and writes a report whose tables
-and plots come from the script's JSON; bad arguments are refused."""
+"""``python benchmarks/run.py`` and benchmarks/report.py: the scripts run end to end and write a report whose
+tables and plots come from their JSON; bad arguments are refused. Nothing here asserts a speed or a goal's
+verdict (a loaded machine fails timing goals): the tests check that the benchmarks run and report."""
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("matplotlib")
 
-from fastflow import bench, cli  # noqa: E402
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import report  # noqa: E402
+import run as bench  # noqa: E402
 
 
 def test_runs_every_script_and_reports(tmp_path):
@@ -17,7 +25,10 @@ def test_runs_every_script_and_reports(tmp_path):
     for name in bench.NAMES:
         assert json.loads((tmp_path / f"{name}.json").read_text())["rows"], name
         assert (tmp_path / f"{name}.png").stat().st_size > 1000, name
-    assert "**PASS** CPU" in text  # the scripts' goals are quoted
+    goals = [g for name in bench.NAMES for g in json.loads((tmp_path / f"{name}.json").read_text()).get("goals", [])]
+    assert goals and "## Goals" in text
+    for g in goals:  # quoted with the verdict the script wrote, whatever it is on this machine
+        assert g["goal"] in text
     rows = json.loads((tmp_path / "ode_step.json").read_text())["rows"]
     # every measured row is in the report's table, with its median as measured
     for r in rows:
@@ -36,7 +47,7 @@ def test_report_from_rows(tmp_path):
                  reason="would not fit: needs ~9 GiB")]
     goals = [dict(scope="CPU", goal="fast", status="PASS", detail="120x")]
     (tmp_path / "field.json").write_text(json.dumps(dict(rows=rows, goals=goals)))
-    text = bench.write_report(tmp_path).read_text()
+    text = report.write_report(tmp_path).read_text()
     assert "Device: test cpu (cpu, 2 threads)" in text
     assert "**PASS** CPU: fast — 120x" in text
     assert "| s1 (2, 4, 8) | fastflow_torch | 1.5 | 0.1 | 2 KiB | 120× |" in text
@@ -44,12 +55,12 @@ def test_report_from_rows(tmp_path):
     assert (tmp_path / "field.png").is_file()
 
 
-def test_refuses_bad_arguments(tmp_path, capsys):
+def test_refuses_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="only must name some of"):
         bench.run(tmp_path, only=("fields",))
     with pytest.raises(ValueError, match="device must be cpu or cuda"):
         bench.run(tmp_path, device="tpu")
     with pytest.raises(FileNotFoundError, match="no benchmark JSON"):
-        bench.write_report(tmp_path)
-    assert cli.main(["bench", "--device", "tpu", "--out", str(tmp_path)]) == 2
-    assert "device must be cpu or cuda" in capsys.readouterr().err
+        report.write_report(tmp_path)
+    r = subprocess.run([sys.executable, str(BENCH / "run.py"), "--only", "fields"], capture_output=True, text=True)
+    assert r.returncode == 2 and "invalid choice" in r.stderr

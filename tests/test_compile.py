@@ -8,9 +8,9 @@ can be.
 """
 import pytest
 import torch
+from _util import DEVICE
 
 import fastflow
-from _util import DEVICE
 
 B, R, D_ = 6, 40, 10
 

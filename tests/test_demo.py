@@ -9,7 +9,7 @@ import torch
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 
-from fastflow import cli, demo  # noqa: E402
+from fastflow.apps import cli, demo
 
 
 def test_sliced_wasserstein_known_answers():

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from fastflow import _loader
+from fastflow._core import loader as _loader
 
 if not _loader.has_C():
     pytest.skip(f"the compiled extension fastflow._C is not built ({_loader._C_error()}); build it with "
                 "`pip install --no-build-isolation -e .`", allow_module_level=True)
 
-import fastflow  # noqa: E402
-import fastflow._ops  # noqa: E402,F401  (registers the fake implementation that opcheck and torch.compile use)
+import fastflow
+import fastflow._core.ops
 
 OP = torch.ops.fastflow.draw_
 M32 = np.uint64(0xFFFFFFFF)
@@ -276,14 +276,14 @@ def test_seed_offset_and_streams():
 
 def test_generator_drives_the_seed():
     """The Python path: a re-seeded generator repeats the draw, and drawing advances the generator."""
-    if not fastflow.sampling.can_draw_fused(torch.device("cpu"), torch.float32, 0):
+    if not fastflow.draws.can_draw_fused(torch.device("cpu"), torch.float32, 0):
         pytest.skip("the fused path is disabled")
     g = torch.Generator().manual_seed(3)
     a = fastflow.Gaussian().prior(5, 7, T=1.0, generator=g)
     b = fastflow.Gaussian().prior(5, 7, T=1.0, generator=g)
     c = fastflow.Gaussian().prior(5, 7, T=1.0, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a, c) and not torch.equal(a, b)
-    seed = fastflow.sampling.philox_seed(torch.Generator().manual_seed(3), torch.device("cpu"))
+    seed = fastflow.draws.philox_seed(torch.Generator().manual_seed(3), torch.device("cpu"))
     assert torch.equal(a, run(5, 7, seed, dtype=torch.float32))
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import fastflow
-from fastflow import _loader
+from fastflow._core import loader as _loader
 
 
 @pytest.fixture

@@ -7,17 +7,17 @@ as sqrt(s)/t ~ 1e3 rounded in float32); that error is printed for scale.
 """
 import pytest
 import torch
-
 from conftest import rel_err_rows
-from fastflow import _loader
+
+from fastflow._core import loader as _loader
 
 if not _loader.has_C():
     pytest.skip(f"the compiled extension fastflow._C is not built ({_loader._C_error()}); build it with "
                 "`pip install --no-build-isolation -e .`", allow_module_level=True)
 
-import fastflow._ops  # noqa: E402,F401  (registers the fake implementation that opcheck and torch.compile use)
-from fastflow._field_torch import online_step_torch  # noqa: E402
-from fastflow._logweights import EXP, GAUSSIAN, POISSON, TANH  # noqa: E402
+import fastflow._core.ops  # noqa: F401  (registers the fake implementation that opcheck and torch.compile use)
+from fastflow.field.logweights import EXP, GAUSSIAN, POISSON, TANH
+from fastflow.field.torch_backend import online_step_torch
 
 OP = torch.ops.fastflow.field_step_
 D = 64  # dimension of the random data x, y

@@ -7,9 +7,9 @@ import math
 
 import pytest
 import torch
+from _util import DEVICE, FAMILIES, dev, make_problem, rel_err_rows
 
 import fastflow
-from _util import FAMILIES, dev, make_problem, rel_err_rows
 
 FAST = ["torch", "triton"]
 TOL32 = 1e-4
@@ -235,7 +235,12 @@ def test_opt_in_precisions_measured():
     fam = fastflow.Gaussian()
     x, t, ref = make_problem(fam, B=8, R=32, d=256, t_rel=0.3)
     want = fam.posterior_mean(x.double(), t, ref.double(), backend="reference")
-    for precision in ["ieee", "tf32", "bf16"]:
+    precisions = ["ieee", "tf32", "bf16"] if DEVICE.type == "cuda" else ["ieee", "bf16"]
+    if DEVICE.type != "cuda":  # the CPU has no tf32 matmul: refused, not silently IEEE
+        with pytest.raises(ValueError, match="tf32.*needs CUDA"):
+            fam.posterior_mean(x, t, ref, backend="torch", precision="tf32")
+    x, ref = dev(x, ref)
+    for precision in precisions:
         got = fam.posterior_mean(x, t, ref, backend="torch", precision=precision)
         err = rel_err_rows(got, want)
         print(f"torch precision={precision}: {err:.2e}")

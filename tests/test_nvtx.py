@@ -7,11 +7,10 @@ import torch
 import fastflow
 
 
-
 def test_nvtx_ranges(monkeypatch):
     """With nvtx available, the public ops run inside named ranges of the fastflow domain; without it (module
     None) they run unwrapped; under torch.compile the ranges are skipped (fullgraph stays possible)."""
-    from fastflow import _nvtx
+    from fastflow._core import nvtx as _nvtx
 
     seen = []
 

@@ -5,10 +5,11 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from _util import DEVICE
-from fastflow import _loader, odeint
-from fastflow import _ode_control as ctl
+
+from fastflow import odeint
+from fastflow._core import loader as _loader
+from fastflow.ode import control as ctl
 
 needs_C = pytest.mark.skipif(not _loader.has_C(), reason=f"fastflow._C is not built ({_loader._C_error()})")
 needs_triton = pytest.mark.skipif(not _loader.has_triton(), reason="triton is not installed")
@@ -161,7 +162,7 @@ def test_op_rejects_bad_arguments(change, match):
 
 @needs_C
 def test_op_opcheck():
-    import fastflow._ops  # noqa: F401  (the fake implementations)
+    import fastflow._core.ops  # noqa: F401  (the fake implementations)
 
     state, t1, err, xmax = make_state(6, torch.float64, torch.float32, torch.float32)
     s = state

@@ -1,6 +1,6 @@
 """The fused step updates of the Runge-Kutta solvers (fastflow/_ode_step.py) against the float64 reference.
 
-Every path is held to ``fastflow._ode_step_reference`` evaluated in float64 on the same (upcast) inputs, with
+Every path is held to ``fastflow.ode.step_reference`` evaluated in float64 on the same (upcast) inputs, with
 dopri5's coefficients: the stage rows a_i, the solution weights b and the error weights e = b - b_hat.
 
 - triton: the launchers called directly (dispatch sends CPU tensors to the CPU path); under Triton's interpreter
@@ -21,12 +21,12 @@ error norm, which accumulates and returns float32.
 """
 import pytest
 import torch
-
 from _util import DEVICE, dev
-from fastflow import _loader
-from fastflow._ode_step import combine, error_norm
-from fastflow._ode_step_reference import combine_reference, error_norm_reference
-from fastflow._ode_step_torch import combine_torch, error_norm_torch
+
+from fastflow._core import loader as _loader
+from fastflow.ode.step import combine, error_norm
+from fastflow.ode.step_reference import combine_reference, error_norm_reference
+from fastflow.ode.step_torch import combine_torch, error_norm_torch
 
 # Dormand & Prince (1980), RK5(4)7M: stage rows a_2 .. a_7 (a_7 = b: first same as last), b, e = b - b_hat.
 DOPRI5_A = [
@@ -110,7 +110,7 @@ def check_norm(fn, y, y_new, K, h, dtype, label):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B, d", SIZES)
 def test_triton_matches_reference(B, d, dtype):
-    from fastflow._ode_step_triton import combine_triton, error_norm_triton
+    from fastflow.ode.step_triton import combine_triton, error_norm_triton
 
     y, K, h, y_new = dev(*make_problem(B, d, dtype))
     check_combine(lambda y, K, h, c: combine_triton(y, K, h, c, torch.empty_like(y)), y, K, h, dtype, "triton")
@@ -123,7 +123,7 @@ def test_triton_matches_reference(B, d, dtype):
 def test_triton_tiles(dtype):
     """Several column tiles per row, a ragged last tile, and tiles of 2 rows with a ragged last row tile; a K buffer
     with more stages than coefficients, and rows padded in memory."""
-    from fastflow._ode_step_triton import combine_triton, error_norm_triton
+    from fastflow.ode.step_triton import combine_triton, error_norm_triton
 
     B, d = 7, 1031
     y, K, h, y_new = dev(*make_problem(B, d, dtype))
@@ -232,7 +232,7 @@ def test_ext_independent_of_thread_count(dtype):
 
 @needs_C
 def test_ext_opcheck():
-    import fastflow._ops  # noqa: F401  (the fake implementations)
+    import fastflow._core.ops  # noqa: F401  (the fake implementations)
 
     y, K, h, y_new = make_problem(3, 5, torch.float32)
     hd = h.double()

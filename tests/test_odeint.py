@@ -6,10 +6,11 @@ import sys
 import numpy as np
 import pytest
 import torch
+from _util import DEVICE
 
 import fastflow
-from fastflow import _ode_step, ode
-from _util import DEVICE
+from fastflow import ode
+from fastflow.ode import step as _ode_step
 
 F64 = torch.float64
 
@@ -227,7 +228,7 @@ def test_compaction_matches_solo_runs(method, steps):
 
 
 def test_combine_and_error_norm_are_the_step_arithmetic(monkeypatch):
-    """Every stage combination and error norm goes through fastflow._ode_step (where fused kernels plug in)."""
+    """Every stage combination and error norm goes through fastflow.ode.step (where fused kernels plug in)."""
     calls = {"combine": 0, "error_norm": 0}
 
     def counting(name, fn):

@@ -11,13 +11,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from _util import DEVICE, dev
 from scipy import stats
 
 import fastflow
-from fastflow._official import pfgm_perturb_official
-
-from _util import DEVICE, dev
-from fastflow import _loader
+from fastflow._core import loader as _loader
+from fastflow.testing import pfgm_perturb_official
 
 N = 20_000
 ALPHA = 1e-3
@@ -35,7 +34,7 @@ def path(request, monkeypatch):
     else:
         monkeypatch.delenv("FASTFLOW_DISABLE_C", raising=False)
     _loader.reprobe()
-    if request.param == "ext" and not fastflow.sampling.can_draw_fused(DEVICE, torch.float32, 0):
+    if request.param == "ext" and not fastflow.draws.can_draw_fused(DEVICE, torch.float32, 0):
         _loader.reprobe()
         pytest.skip(f"the fused sampler is not available on {DEVICE.type} ({_loader._C_error()})")
     yield request.param

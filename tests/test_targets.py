@@ -3,10 +3,10 @@ import math
 
 import pytest
 import torch
+from _util import dev, make_problem, rel_err_rows
 
 import fastflow
-from fastflow._official import pfgm_target_official
-from _util import dev, make_problem, rel_err_rows
+from fastflow.testing import pfgm_target_official
 
 FAST = ["torch", "triton"]
 

@@ -16,11 +16,11 @@ import textwrap
 
 import pytest
 import torch
+from _util import DEVICE, rel_err_rows
 
 import fastflow
-from fastflow import _loader
-from fastflow._logweights import POISSON
-from _util import DEVICE, rel_err_rows
+from fastflow._core import loader as _loader
+from fastflow.field.logweights import POISSON
 
 pytestmark = pytest.mark.skipif(not _loader.triton_usable_on(DEVICE), reason="Triton not usable on this device")
 

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .kernels.ode import _rk_combine_kernel, _rk_error_norm_kernel
+from ..kernels.ode import _rk_combine_kernel, _rk_error_norm_kernel
 
 #: elements per program. On a GPU: 1024 with 4 warps. Under the interpreter each program costs ~2.5 ms per
 #: stage whatever its size: big tiles, few programs.

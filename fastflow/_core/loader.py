@@ -5,12 +5,12 @@ error that says how to get it.
 """
 from __future__ import annotations
 
-import functools
 import importlib
 import os
 
 import torch
 
+from . import config
 
 #: results of the probes, filled on first use. A plain dict rather than functools.lru_cache: torch.compile traces
 #: through a dict lookup, but not into an lru_cache wrapper.
@@ -24,7 +24,7 @@ def reprobe() -> None:
 
 def _C_error() -> str | None:
     if "C" not in _probed:
-        if os.environ.get("FASTFLOW_DISABLE_C", "0") not in ("", "0"):
+        if config.disable_c():
             _probed["C"] = "disabled by FASTFLOW_DISABLE_C"
         else:
             try:
@@ -48,7 +48,7 @@ def has_C_cuda() -> bool:
 def _triton_error() -> str | None:
     if "triton" not in _probed:
         try:
-            import triton  # noqa: F401
+            import triton
             import triton.language  # noqa: F401
 
             _probed["triton"] = None

@@ -1,7 +1,7 @@
 """Reference step updates of the Runge-Kutta solvers, in plain torch (the specification of the fused paths).
 
 Short and obviously correct, one stage at a time; the tests run them in float64 and hold the fused paths
-(:mod:`fastflow._ode_step_triton`, :mod:`fastflow._ode_step_torch`) to them. ``FASTFLOW_BACKEND=reference``
+(:mod:`fastflow.ode.step_triton`, :mod:`fastflow.ode.step_torch`) to them. ``FASTFLOW_BACKEND=reference``
 makes the solvers use them.
 
 Shapes: y, y_new (B, ...) state; K (S, B, ...) stage derivatives, K[j] = f at stage j; h (B,) per-sample step

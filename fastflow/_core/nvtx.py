@@ -9,15 +9,16 @@ attribute check a call. Under ``torch.compile`` the ranges are skipped, so that 
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
+
+from . import config
 
 DOMAIN = "fastflow"
 
 
 def _load():
-    if os.environ.get("FASTFLOW_NVTX", "1").strip().lower() in ("0", "false", "no", "off"):
+    if not config.nvtx():
         return None
     try:
         import nvtx

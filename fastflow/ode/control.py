@@ -1,9 +1,9 @@
-"""Per-sample step-size control of the adaptive Runge-Kutta solvers (fastflow/ode.py), after each trial step.
+"""Per-sample step-size control of the adaptive Runge-Kutta solvers (fastflow/ode/loop.py), after each trial step.
 
 :func:`control_reference` is the specification, in plain torch (~50 small ops); :func:`control` runs the C++ op
 ``fastflow::rk_control_`` (csrc/rk_control.cpp, one pass over the samples) on CPU tensors when ``fastflow._C`` is
-built, the Triton kernel ``_rk_control_kernel`` (kernels/ode.py, one launch) on CUDA, else the reference. At the PFGM benchmark's size (256 samples) the op takes the control from ~0.2 ms to a
-few microseconds a step.
+built, the Triton kernel ``_rk_control_kernel`` (kernels/ode.py, one launch) on CUDA, else the reference. At the
+PFGM benchmark's size (256 samples) the op takes the control from ~0.2 ms to a few microseconds a step.
 
 State, per active sample (n,): t, h (the step the controller proposes), h_try and t_next (the trial step and where
 it ends: h, or the remainder to t1 when that is within LAND_STRETCH steps), err_prev (for the PI term), all in the
@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ._ode_step_torch import use_ext
-from .field import select_backend
+from .._core.dispatch import select_backend, use_ext
 
 #: PI controller (Gustafsson 1991; Hairer & Wanner, Solving ODEs II, IV.2 eq. (2.43c)):
 #: h_new = h * SAFETY * err^(-alpha/k) * err_prev^(beta/k), k = error_order + 1, factor clamped to [FAC_MIN, FAC_MAX].
@@ -94,7 +93,7 @@ def control_triton(t, h, h_try, t_next, err_prev, status, t1, err, xmax, k: int)
     arguments, contiguous. Under the interpreter (CPU tensors) one program takes the whole batch."""
     import triton
 
-    from .kernels.ode import _rk_control_kernel
+    from ..kernels.ode import _rk_control_kernel
 
     n = t.shape[0]
     if n == 0:

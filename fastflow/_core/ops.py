@@ -3,15 +3,15 @@
 FakeTensor tracing (``torch.compile``, ``torch.library.opcheck``) calls these instead of the C++/CUDA kernels
 to learn the output's shape, dtype and device. They are registered only when ``fastflow._C`` loaded (which
 defines the ops' schemas); without it importing this module does nothing. The C++ side names this module with
-``m.set_python_module("fastflow._ops")``, which torch checks on the first fake call.
+``m.set_python_module("fastflow._core.ops")``, which torch checks on the first fake call.
 """
 from __future__ import annotations
 
 import torch
 
-from . import _loader
+from . import loader
 
-if _loader.has_C():  # importing _C here is what registers the ops this module refers to
+if loader.has_C():  # importing _C here is what registers the ops this module refers to
 
     @torch.library.register_fake("fastflow::field_step_")
     def _field_step_fake(dots, xn, yn, t, a, smin, jmin, l, l2, offset, kind, p, q):

@@ -147,13 +147,40 @@ def generator(name: str, gen, device: torch.device):
     return gen
 
 
-def sample_device(device, gen) -> torch.device:
-    """Where drawn samples go: ``device``; else the generator's device; else torch's default device."""
-    if device is not None:
-        try:
-            return torch.device(device)
-        except (TypeError, RuntimeError) as e:
-            raise TypeError(f"device must be a torch.device or a device string, got {device!r}") from e
+def device(name: str, value) -> torch.device:
+    """A torch.device from a device or a string; a CUDA request without a CUDA device says so and how to get one."""
+    try:
+        dev = torch.device(value)
+    except (TypeError, RuntimeError) as e:
+        raise TypeError(f"{name} must be a torch.device or a device string such as 'cpu' or 'cuda', "
+                        f"got {value!r}") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        why = (f"this torch ({torch.__version__}) is a CPU-only build" if torch.version.cuda is None
+               else "torch finds no CUDA device on this machine")
+        raise ValueError(f"{name}={str(value)!r} asks for CUDA, but {why}. On a machine with an NVIDIA GPU, "
+                         "install a CUDA build of torch (pip's default torch wheel on Linux, or the CUDA index "
+                         "of PyTorch's install selector) in place of the CPU-only one, then rebuild fastflow; "
+                         "or use 'cpu'.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"{name}={str(value)!r}: there are only {torch.cuda.device_count()} CUDA devices")
+    return dev
+
+
+def chunk_size(name: str, value) -> int | None:
+    """None (a default), or a positive Python int."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive int or None, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int or None, got {value}")
+    return int(value)
+
+
+def sample_device(dev, gen) -> torch.device:
+    """Where drawn samples go: ``dev``; else the generator's device; else torch's default device."""
+    if dev is not None:
+        return device("device", dev)
     if isinstance(gen, torch.Generator):
         return gen.device
     if compiling():  # get_default_device is not traceable; a factory's tensor says the same

@@ -18,16 +18,15 @@ unwrapped, and they would read fake tensors' data).
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 from torch.library import triton_op, wrap_triton
 from triton.runtime.jit import JITFunction
 
-from ._field_torch import exact_log_norm
-from ._logweights import rel_log_weight
-from .kernels.field import _field_logits_kernel, _field_wsum_kernel
+from .._core import config
+from ..kernels.field import _field_logits_kernel, _field_wsum_kernel
+from .logweights import rel_log_weight
+from .torch_backend import exact_log_norm
 
 #: Tile sizes. On a GPU the IEEE-fp32 dot runs on the FMA units; 64x64 output tiles with 32-wide k steps
 #: keep the register footprint of a 4-warp program at 64*64/128 = 32 accumulators per thread.
@@ -45,9 +44,7 @@ _INTERPRETED = not isinstance(_field_logits_kernel, JITFunction)
 
 def _tiles(device: torch.device):
     cfg = dict(INTERPRET_TILES if device.type == "cpu" else GPU_TILES)
-    env = os.environ.get("FASTFLOW_TRITON_TILES")  # e.g. "BLOCK_M=16,BLOCK_K=1024" for tests
-    if env:
-        cfg.update({k: int(v) for k, v in (kv.split("=") for kv in env.split(","))})
+    cfg.update(config.triton_tiles())  # e.g. FASTFLOW_TRITON_TILES="BLOCK_M=16,BLOCK_K=1024" in tests
     return cfg
 
 

@@ -1,8 +1,10 @@
-"""The ``fastflow`` command (also ``python -m fastflow``).
+"""The fastflow command (also python -m fastflow).
 
     fastflow info                       backends, devices and versions
     fastflow demo [--method pfgmpp ...] train on the bundled 8x8 digits, sample, write PNGs and metrics.json
-    fastflow bench [--device cuda]      run the benchmarks at sizes that fit, write report.md with plots
+    fastflow --version
+
+The benchmarks run from a source checkout: python benchmarks/run.py (see README.md).
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import sys
 
 
 def _info(args) -> int:
-    from . import __version__, backends
+    from .. import __version__, backends
 
     info = backends()
     if args.json:
@@ -58,20 +60,14 @@ def _demo(args) -> int:
     return 0
 
 
-def _bench(args) -> int:
-    from .bench import NAMES, run
-
-    only = tuple(args.only) if args.only else NAMES
-    path = run(args.out, device=args.device, full=args.full, only=only, progress=not args.quiet)
-    print(f"\nfastflow bench: wrote {path} (with PNG plots and each script's JSON and log beside it)")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
+    from .. import __version__
     from .demo import METHODS, DemoConfig
 
     d = DemoConfig()
-    p = argparse.ArgumentParser(prog="fastflow", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="fastflow", description=__doc__.split("\n\n")[0],
+                                epilog="The benchmarks run from a source checkout: python benchmarks/run.py")
+    p.add_argument("--version", action="version", version=f"fastflow {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     pi = sub.add_parser("info", help="backends, devices and versions")
     pi.add_argument("--json", action="store_true", help="print JSON")
@@ -89,25 +85,18 @@ def main(argv: list[str] | None = None) -> int:
     pd.add_argument("--sample-steps", type=int, default=d.sample_steps,
                     help=f"EDM schedule steps for pfgmpp / stf (default {d.sample_steps})")
     pd.add_argument("--device", default=d.device, help="cpu or cuda (default cpu)")
-    pd.add_argument("--seed", type=int, default=d.seed)
-    pd.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's)")
+    pd.add_argument("--seed", type=int, default=d.seed, help=f"seed of the data split, network and draws "
+                    f"(default {d.seed})")
+    pd.add_argument("--threads", type=int, default=0,
+                    help="CPU threads for torch (torch.set_num_threads; default: torch's choice, one per core). "
+                         "On a busy machine fewer threads can be much faster: see README, Command line")
     pd.add_argument("--out", default=d.out, help=f"output folder (default {d.out})")
     pd.add_argument("--quiet", action="store_true", help="no progress bars")
     pd.set_defaults(fn=_demo)
-    pb = sub.add_parser("bench", help="run the benchmarks at sizes that fit, write a Markdown report with plots",
-                        description="Run benchmarks/bench_*.py (source tree) at sizes that fit the machine and write "
-                                    "report.md with PNG plots of time and memory against size per provider.")
-    pb.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    pb.add_argument("--out", default="fastflow_bench", help="output folder (default fastflow_bench)")
-    pb.add_argument("--full", action="store_true", help="every size on the CPU too (tens of minutes)")
-    pb.add_argument("--only", nargs="+", choices=("field", "prior", "ode_step", "solvers"),
-                    help="run only these benchmarks")
-    pb.add_argument("--quiet", action="store_true")
-    pb.set_defaults(fn=_bench)
     args = p.parse_args(argv)
     try:
         return args.fn(args)
-    except (ValueError, ImportError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, TypeError, ImportError, FileNotFoundError, RuntimeError) as e:
         print(f"fastflow {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -15,12 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from . import _loader
-from ._field_torch import fp32_matmul_precision
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from .._core.dispatch import compute_dtype, fp32_matmul_precision, use_ext
 
 
 def _weights(h: torch.Tensor, coeffs: Sequence[float], cdt: torch.dtype) -> tuple[torch.Tensor, int]:
@@ -28,17 +23,6 @@ def _weights(h: torch.Tensor, coeffs: Sequence[float], cdt: torch.dtype) -> tupl
     n = max((j + 1 for j, c in enumerate(coeffs) if c != 0.0), default=0)
     c = torch.tensor(list(coeffs[:n]), dtype=cdt, device=h.device)
     return (h.to(cdt)[:, None] * c[None, :]).unsqueeze(1), n
-
-
-@torch.compiler.assume_constant_result
-def _has_C() -> bool:
-    """_loader.has_C(), which torch.compile cannot trace (an import inside functools.lru_cache): fixed per process."""
-    return _loader.has_C()
-
-
-def use_ext(y: torch.Tensor, allowed: bool = True) -> bool:
-    """Whether the C++ op serves y: a CPU tensor, with fastflow._C built."""
-    return allowed and y.device.type == "cpu" and _has_C()
 
 
 def _as_list(K) -> list[torch.Tensor]:
@@ -58,12 +42,12 @@ def combine_torch(y: torch.Tensor, K: torch.Tensor, h: torch.Tensor, coeffs: Seq
         torch.ops.fastflow.rk_combine_(out, y, _as_list(K), h.to(torch.float64).contiguous(),
                                        [float(c) for c in coeffs])
         return out
-    cdt = _compute_dtype(y.dtype)
+    cdt = compute_dtype(y.dtype)
     w, n = _weights(h, coeffs, cdt)
     if n == 0:
         return out.copy_(y)
     # B batched (1, n) @ (n, d) products: all the stage terms in one read of K
-    with fp32_matmul_precision("ieee"):
+    with fp32_matmul_precision("ieee", y.device):
         res = torch.baddbmm(y.to(cdt).unsqueeze(1), w, _as_stack(K, n).transpose(0, 1).to(cdt))
     return out.copy_(res.squeeze(1))
 
@@ -72,7 +56,7 @@ def error_norm_torch(y: torch.Tensor, y_new: torch.Tensor, K: torch.Tensor, h: t
                      e_coeffs: Sequence[float], rtol: float, atol: float, *,
                      use_ext_op: bool = True) -> torch.Tensor:
     """(B,) sqrt(mean_d (h sum_j e_j K_j / (atol + rtol max(|y|, |y_new|)))^2), float64 for float64 states."""
-    cdt = _compute_dtype(y.dtype)
+    cdt = compute_dtype(y.dtype)
     B, d = y.shape
     if use_ext(y, use_ext_op):
         out = torch.empty(B, dtype=cdt, device=y.device)
@@ -82,7 +66,7 @@ def error_norm_torch(y: torch.Tensor, y_new: torch.Tensor, K: torch.Tensor, h: t
     w, n = _weights(h, e_coeffs, cdt)
     if n == 0:
         return torch.zeros(B, dtype=cdt, device=y.device)
-    with fp32_matmul_precision("ieee"):
+    with fp32_matmul_precision("ieee", y.device):
         err = torch.bmm(w, _as_stack(K, n).transpose(0, 1).to(cdt)).squeeze(1)
     sc = torch.maximum(y.to(cdt).abs(), y_new.to(cdt).abs()).mul_(rtol).add_(atol)
     return torch.linalg.vector_norm(err.div_(sc), dim=1).div_(math.sqrt(d))

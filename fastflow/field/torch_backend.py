@@ -7,41 +7,11 @@ B x R x d difference tensor never exists, and C comes from a memory budget.
 """
 from __future__ import annotations
 
-import contextlib
-import os
-
 import torch
 
-from . import _loader
-from . import _validate as V
-from ._logweights import log_weight, rel_log_weight
-
-#: default memory budget (MiB) for one chunk's temporaries; FASTFLOW_FIELD_BUDGET_MB overrides it.
-DEFAULT_BUDGET_MB = 256
-
-
-@contextlib.contextmanager
-def fp32_matmul_precision(precision: str):
-    """Make CUDA float32 matmuls IEEE (``"ieee"``) or tf32 (``"tf32"``) inside the block, then restore.
-    While torch.compile traces, the process's setting stays (a graph cannot flip a global flag): IEEE unless the
-    user chose otherwise (``torch.set_float32_matmul_precision``)."""
-    m = torch.backends.cuda.matmul
-    if V.compiling():
-        yield
-    elif hasattr(m, "fp32_precision"):  # torch >= 2.9
-        prev = m.fp32_precision
-        m.fp32_precision = "tf32" if precision == "tf32" else "ieee"
-        try:
-            yield
-        finally:
-            m.fp32_precision = prev
-    else:  # pragma: no cover - older torch
-        prev = m.allow_tf32
-        m.allow_tf32 = precision == "tf32"
-        try:
-            yield
-        finally:
-            m.allow_tf32 = prev
+from .._core import config, dispatch
+from .._core import validate as V
+from .logweights import log_weight, rel_log_weight
 
 
 def online_step_torch(dots, xn, yn, t, a, smin, jmin, l, l2, offset: int, kind: int, p: float, q: float):
@@ -55,7 +25,7 @@ def online_step_torch(dots, xn, yn, t, a, smin, jmin, l, l2, offset: int, kind: 
         xn: (B,) ||x_i - a_i c||^2.   yn: (C,) ||y_j - c||^2.   t, a: (B,) time and path scale.
         smin, l, l2: (B,) running s*, sum w and sum w^2; updated in place (start from inf, 0, 0).
         jmin: (B,) int64 index of s*'s reference point (``offset`` + column), updated in place.
-        kind, p, q: the log-weight (see :mod:`fastflow._logweights`).
+        kind, p, q: the log-weight (see :mod:`fastflow.field.logweights`).
 
     Returns:
         alpha: (B,) exp(l(s*_old) - l(s*_new)), the factor that rescales the running weighted sum.
@@ -74,7 +44,7 @@ def online_step_torch(dots, xn, yn, t, a, smin, jmin, l, l2, offset: int, kind: 
 
 
 def _step(dots, xn, yn, t, a, smin, jmin, l, l2, offset, kind, p, q, use_ext: bool):
-    if use_ext and _loader.has_C():
+    if use_ext and dispatch.has_C():
         return torch.ops.fastflow.field_step_(dots, xn, yn, t, a, smin, jmin, l, l2, offset, kind, p, q)
     return online_step_torch(dots, xn, yn, t, a, smin, jmin, l, l2, offset, kind, p, q)
 
@@ -98,7 +68,7 @@ def exact_log_norm(x, ref, t, a, jmin, l, kind, p, q, *, traced=False):
 def chunk_rows(B: int, d: int, itemsize: int, budget_mb: float | None = None) -> int:
     """Reference rows per chunk so that the chunk's temporaries (C*d + 3*B*C elements) fit the budget."""
     if budget_mb is None:
-        budget_mb = float(os.environ.get("FASTFLOW_FIELD_BUDGET_MB", DEFAULT_BUDGET_MB))
+        budget_mb = config.field_budget_mb()
     per_row = itemsize * (d + 3 * max(B, 1))
     return max(16, int(budget_mb * 2**20) // per_row)
 
@@ -132,7 +102,7 @@ def field_torch(x, ref, t, a, kind, p, q, *, precision="ieee", chunk_size=None, 
     C = chunk_size or chunk_rows(B, d, torch.finfo(cdt).bits // 8)
     mm_dtype = torch.bfloat16 if precision == "bf16" and cdt == torch.float32 else cdt
     xq = xc.to(mm_dtype)
-    with fp32_matmul_precision(precision):
+    with dispatch.fp32_matmul_precision(precision, x.device):
         for start in range(0, R, C):
             if centre:
                 yc = ref[start:start + C].to(cdt) - c

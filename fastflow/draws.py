@@ -1,15 +1,16 @@
-"""Exact draws for the perturbation kernels and the priors (MATH.md §3 and §5): the pure-torch path.
+"""Exact draws of the perturbation kernels and the priors (docs/math.md, the families' table; PFGM's recipe).
 
 Every family's x_t and prior is a_t * x0 + b * rho * g: a Gaussian g ~ N(0, I_d) per row (normalised to the
-unit sphere for the radial-CDF family) times one radius factor rho per row. The functions below draw those
-pieces. Each one draws from a ``torch.Generator`` on the target device (None: that device's default generator),
-so a seeded generator gives the same output on that device.
+unit sphere for the radial-CDF family) times one radius factor rho per row, whose law a :class:`Radius`
+describes. :func:`draw` is the one place that chooses between the fused op and the pure-torch pieces;
+:func:`perturb` and :func:`prior` are the families' public draws on top of it. Each piece draws from a
+``torch.Generator`` on the target device (None: that device's default generator), so a seeded generator gives
+the same output on that device.
 
 :func:`draw_fused` draws the whole a_t * x0 + b * rho * g in one pass with the compiled op
 ``torch.ops.fastflow.draw_`` (Philox4x32-10, csrc/philox.h), keyed by one 63-bit integer drawn from the
-generator; :meth:`fastflow.Family.perturb` and :meth:`fastflow.Family.prior` use it where
-:func:`can_draw_fused` allows, and the pieces below otherwise (the pure-torch path, also forced by
-``FASTFLOW_DISABLE_C=1``). The two paths draw the same laws but not the same numbers.
+generator; :func:`draw` uses it where :func:`can_draw_fused` allows, and the pieces otherwise (the pure-torch
+path, also forced by ``FASTFLOW_DISABLE_C=1``). The two paths draw the same laws but not the same numbers.
 
 What holds across devices for the fused op: the same seed gives bitwise the same Philox words and uniforms on
 the CPU (any number of threads, any x86 SIMD width) and on CUDA; the Gaussians then differ by the last ulp or two
@@ -25,11 +26,16 @@ Gaussians are drawn in :func:`draw_dtype`.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
-from . import _loader
-from . import _validate as V
+from ._core import (
+    loader,
+    ops,  # noqa: F401  (the fused draw's fake implementation, for torch.compile)
+)
+from ._core import validate as V
 
 #: Psi^{-1}(U) of the radial-CDF family, for U in [0, 1): finite there (at most 18.7 for tanh, 36.7 for exp,
 #: at U = 1 - 2^-53); both are written to keep full relative precision near U = 0.
@@ -113,10 +119,10 @@ def can_draw_fused(device: torch.device, dtype: torch.dtype, radius_kind: int, r
     traces: the op's Philox key comes from the generator through a host read, which a graph cannot hold, so a
     compiled draw takes the pure-torch path (the same law, another random stream).
     """
-    if dtype not in (torch.float32, torch.float64) or not _loader.has_C() or V.compiling():
+    if dtype not in (torch.float32, torch.float64) or not loader.has_C() or V.compiling():
         return False
     if device.type == "cuda":
-        if not _loader.has_C_cuda():
+        if not loader.has_C_cuda():
             return False
     elif device.type != "cpu":
         return False
@@ -149,8 +155,6 @@ def draw_fused(x0, a, scale, n: int, d: int, *, radius_kind: int, radius_param: 
     Returns:
         (n, d) tensor of ``dtype`` on ``device``.
     """
-    from . import _ops  # noqa: F401  (the fake implementation, for torch.compile and opcheck)
-
     seed = philox_seed(generator, device)
     out = torch.empty(n, d, device=device, dtype=dtype)
     f64 = dict(device=device, dtype=torch.float64)
@@ -162,5 +166,114 @@ def draw_fused(x0, a, scale, n: int, d: int, *, radius_kind: int, radius_param: 
     return out
 
 
-__all__ = ["draw_dtype", "normal", "nonzero_normal", "uniform", "chi", "inverse_radial_cdf", "INVERSE_CDFS",
-           "can_draw_fused", "draw_fused", "philox_seed", "RADIUS_ONE", "RADIUS_CHI", "RADIUS_TANH", "RADIUS_EXP"]
+# ---------------------------------------------------------------------------------------------------------------
+# The radius law of a family, and the one choice between the fused op and the pieces
+
+@dataclass(frozen=True)
+class Radius:
+    """The law of the per-row radius factor rho of the noise b rho g (a family's draw, in one place).
+
+    Attributes:
+        kind: the fused op's radius_kind: :data:`RADIUS_ONE` (rho = 1), :data:`RADIUS_CHI` (rho = 1 / ||h||,
+            h ~ N(0, I_D)), :data:`RADIUS_TANH` / :data:`RADIUS_EXP` (rho g = Psi^{-1}(U) g / ||g||).
+        param: D for RADIUS_CHI, else 0.
+    """
+
+    kind: int = RADIUS_ONE
+    param: float = 0.0
+
+    @property
+    def unit_noise(self) -> bool:
+        """Whether the noise is rho g / ||g|| (a radius in a uniform direction) rather than rho g."""
+        return self.kind in (RADIUS_TANH, RADIUS_EXP)
+
+    def factor(self, n: int, generator, device) -> torch.Tensor:
+        """(n,) float64 draws of rho by the pure-torch pieces (before the 1 / ||g|| of unit noise)."""
+        if self.kind == RADIUS_CHI:
+            # rho = 1 / ||h||: ||x - x0||^2 / t^2 = ||g||^2 / ||h||^2 ~ BetaPrime(d/2, D/2)
+            return chi(n, self.param, generator=generator, device=device).reciprocal_()
+        if self.unit_noise:
+            # ||x - x0|| / t = Psi^{-1}(U) has the CDF Psi
+            return inverse_radial_cdf(n, "tanh" if self.kind == RADIUS_TANH else "exp", generator=generator,
+                                      device=device)
+        return torch.ones(n, dtype=torch.float64, device=device)
+
+
+def draw(x0, a, b, n: int, d: int, radius: Radius, *, generator, device, dtype) -> torch.Tensor:
+    """(n, d) rows a * x0 + b * rho * g in the draw dtype of ``dtype``; x0 = None gives b * rho * g.
+
+    The fused op where :func:`can_draw_fused` allows (one Philox pass), else the pure-torch pieces (the same law,
+    other numbers). a, b: (n,) float64 (a ignored without x0).  x0: (n, d) or None.
+    """
+    ddt = draw_dtype(dtype)
+    if can_draw_fused(device, ddt, radius.kind, radius.param):
+        if x0 is not None and x0.requires_grad and torch.is_grad_enabled():
+            # the op has no autograd formula: draw the noise alone (the same Philox words) and add a x0 in torch,
+            # so that x_t carries the gradient a with respect to x0 as the pure-torch path does
+            noise = draw_fused(None, None, b, n, d, radius_kind=radius.kind, radius_param=radius.param,
+                               generator=generator, device=device, dtype=ddt)
+            return noise.addcmul(x0.to(ddt), a.to(ddt)[:, None])
+        return draw_fused(x0, a, b, n, d, radius_kind=radius.kind, radius_param=radius.param,
+                          generator=generator, device=device, dtype=ddt)
+    rho = radius.factor(n, generator, device)
+    if radius.unit_noise:
+        g, norm = nonzero_normal(n, d, generator=generator, device=device, dtype=ddt)
+        rho = rho / norm
+    else:
+        g = normal(n, d, generator=generator, device=device, dtype=ddt)
+    x = g.mul_((b * rho).to(ddt)[:, None])
+    if x0 is not None:
+        x.addcmul_(x0.to(ddt), a.to(ddt)[:, None])
+    return x
+
+
+def finish(x: torch.Tensor, dtype: torch.dtype, shape, what: str) -> torch.Tensor:
+    """Round once to ``dtype``, refusing inf (heavy tails overflow float16 at 65504), and reshape."""
+    out = x.to(dtype)
+    if not V.all_finite(out):
+        raise FloatingPointError(
+            f"{what}: the draw overflows {dtype} (a heavy-tailed radius beyond its range); draw in float32 or "
+            "float64")
+    return out.reshape(shape)
+
+
+class DrawLaw(Protocol):
+    """What :func:`perturb` and :func:`prior` need of a family (:class:`fastflow.Family` implements it)."""
+
+    t_max: float | None
+    radius: Radius
+
+    def path_scale(self, t: torch.Tensor) -> torch.Tensor: ...
+
+    def prior_scale(self, T: torch.Tensor) -> torch.Tensor: ...
+
+
+def perturb(law: DrawLaw, x0, t, *, generator=None) -> torch.Tensor:
+    """x_t = a_t x0 + t rho g per row of x0 (B, *shape); t a float or (B,) tensor. See Family.perturb."""
+    x0 = V.tensor("x0", x0)
+    B, d = x0.shape[0], math.prod(x0.shape[1:])
+    if d == 0:
+        raise ValueError(f"x0 must have at least one element per point, got shape {tuple(x0.shape)}")
+    V.generator("generator", generator, x0.device)
+    tt = V.times("t", t, B, dtype=torch.float64, device=x0.device, upper=law.t_max)
+    x = draw(x0.reshape(B, d), law.path_scale(tt), tt, B, d, law.radius, generator=generator, device=x0.device,
+             dtype=x0.dtype)
+    return finish(x, x0.dtype, x0.shape, f"{law!r}.perturb")
+
+
+def prior(law: DrawLaw, n, shape, *, T, generator=None, device=None, dtype=torch.float32) -> torch.Tensor:
+    """n draws of prior_scale(T) rho g, shape (n, *shape). See Family.prior."""
+    n = V.count("n", n)
+    shape = V.point_shape("shape", shape)
+    dtype = V.float_dtype("dtype", dtype)
+    device = V.sample_device(device, generator)
+    V.generator("generator", generator, device)
+    TT = V.times("T", T, n, dtype=torch.float64, device=device, upper=law.t_max)
+    x = draw(None, None, law.prior_scale(TT), n, math.prod(shape), law.radius, generator=generator, device=device,
+             dtype=dtype)
+    return finish(x, dtype, (n,) + shape, f"{law!r}.prior")
+
+
+__all__ = ["Radius", "draw", "finish", "perturb", "prior", "draw_dtype", "normal", "nonzero_normal", "uniform",
+           "chi", "inverse_radial_cdf", "INVERSE_CDFS", "can_draw_fused", "draw_fused", "philox_seed",
+           "RADIUS_ONE", "RADIUS_CHI", "RADIUS_TANH", "RADIUS_EXP"]

@@ -19,8 +19,9 @@ backends never round l itself: they carry s* and evaluate the difference l(s) - 
 whose forms (log1p of a relative gap) stay accurate where l is large. At d = 3072, l = -1537 log(t^2 + s) is
 ~1e4 in size, and its fp32 rounding alone (~1e-3) would perturb every weight by 0.1%.
 
-The radial kinds clamp s at float32's smallest normal number (in every dtype) inside log s: a reference point that coincides
-with the query has an infinite density (r^-(d-1)), and the clamp turns it into a finite, dominating weight.
+The radial kinds clamp s at float32's smallest normal number (in every dtype) inside log s: a reference point
+that coincides with the query has an infinite density (r^-(d-1)), and the clamp turns it into a finite,
+dominating weight.
 """
 from __future__ import annotations
 
@@ -43,9 +44,13 @@ TINY = 1.1754943508222875e-38
 def log_weight(s: torch.Tensor, t: torch.Tensor, kind: int, p: float, q: float) -> torch.Tensor:
     """l(s, t) of ``kind`` for ``s`` >= 0 and ``t`` > 0 (broadcasting); used for the log-normaliser only."""
     if kind == POISSON:
-        return -p * torch.log(t * t + s)
+        # log(t^2 + s) = 2 log m + log1p((n / m)^2), m = max(t, r), n = min(t, r): t^2 under- or overflows the
+        # float range long before the log does (float32: t < 1e-19 or t > 1.8e19)
+        r = torch.sqrt(s)
+        m, n = torch.maximum(t, r), torch.minimum(t, r)
+        return -p * (2.0 * torch.log(m) + torch.log1p((n / m) ** 2))
     if kind == GAUSSIAN:
-        return -p * s / (t * t)
+        return -p * (s / t) / t  # not s / t^2: t^2 underflows at t = 1e-30 in float32 (0 / 0 for s = 0)
     u = torch.sqrt(s) / t
     if kind == TANH:
         # log sech^2(u) = -2 (u + log1p(exp(-2u)) - log 2): exact for every u >= 0, no overflow
@@ -63,9 +68,11 @@ def rel_log_weight(s: torch.Tensor, s0: torch.Tensor, t: torch.Tensor, kind: int
     The C++ op and the Triton kernels transcribe these lines.
     """
     if kind == POISSON:
-        return -p * torch.log1p((s - s0) / (t * t + s0))
+        # the denominator is floored at TINY: t^2 + s0 underflows to 0 for an exact hit (s0 = 0) at tiny t, and
+        # the hit must keep weight exp(0) while the others get exp(-inf)
+        return -p * torch.log1p((s - s0) / (t * t + s0).clamp_min(TINY))
     if kind == GAUSSIAN:
-        return -p * (s - s0) / (t * t)
+        return -p * ((s - s0) / t) / t  # not / t^2, which underflows in float32 at t = 1e-30
     tiny = TINY
     r, r0 = torch.sqrt(s), torch.sqrt(s0)
     u, u0 = r / t, r0 / t

@@ -1,20 +1,21 @@
 """The per-step updates of the Runge-Kutta solvers: stage combinations and the scaled error norm.
 
-This module is the contract between the integration loop (fastflow/ode.py) and the fused step kernels: the loop
+This module is the contract between the integration loop (fastflow/ode/loop.py) and the fused step kernels: the loop
 calls only these two functions, whose signatures stay fixed. Each validates its arguments and dispatches, as the
-field engine does (:func:`fastflow.field.select_backend`):
+field engine does (:func:`fastflow._core.dispatch.select_backend`):
 
-- ``triton``: one fused kernel per call (:mod:`fastflow.kernels.ode`, launched by :mod:`fastflow._ode_step_triton`);
+- ``triton``: one fused kernel per call (:mod:`fastflow.kernels.ode`, launched by :mod:`fastflow.ode.step_triton`);
   the default for CUDA tensors when Triton is installed.
 - ``torch``: the C++ ops ``fastflow::rk_combine_`` / ``rk_error_norm_`` on the CPU when ``fastflow._C`` is built,
-  else one batched GEMM over the stages (:mod:`fastflow._ode_step_torch`); the default otherwise.
-- ``reference``: plain torch, one stage at a time (:mod:`fastflow._ode_step_reference`).
+  else one batched GEMM over the stages (:mod:`fastflow.ode.step_torch`); the default otherwise.
+- ``reference``: plain torch, one stage at a time (:mod:`fastflow.ode.step_reference`).
 
 The environment variable ``FASTFLOW_BACKEND`` forces one of them. Every fast path reads each stage with a nonzero
 coefficient once, accumulating in float32 (float64 for float64 states).
 
 Shapes: y, y_new (B, ...) state (any float dtype); K (S, B, ...) stage derivatives of y's dtype, K[j] = f at stage
-j, or a list of S tensors of y's shape (the solver passes f's outputs as they are: no copy into one buffer); h (B,) per-sample step in the *time* dtype (may differ from the state dtype; cast in the kernels; h < 0 for
+j, or a list of S tensors of y's shape (the solver passes f's outputs as they are: no copy into one buffer);
+h (B,) per-sample step in the *time* dtype (may differ from the state dtype; cast in the kernels; h < 0 for
 backward integration).
 """
 from __future__ import annotations
@@ -23,9 +24,9 @@ from collections.abc import Sequence
 
 import torch
 
-from ._ode_step_reference import combine_reference, error_norm_reference
-from ._ode_step_torch import combine_torch, error_norm_torch, use_ext
-from .field import select_backend
+from .._core.dispatch import select_backend, use_ext
+from .step_reference import combine_reference, error_norm_reference
+from .step_torch import combine_torch, error_norm_torch
 
 
 def _check(y: torch.Tensor, K, h: torch.Tensor, coeffs: Sequence[float], what: str):
@@ -96,7 +97,8 @@ def _out_rows(out: torch.Tensor, B: int) -> torch.Tensor | None:
 
 def _direct_op(y: torch.Tensor) -> bool:
     """The solver's fast path: a 2-D CPU state served by the C++ op (no FASTFLOW_BACKEND override)."""
-    return y.dim() == 2 and y.device.type == "cpu" and select_backend(y.device, prefer_triton=True) == "torch" and use_ext(y)
+    return (y.dim() == 2 and y.device.type == "cpu" and select_backend(y.device, prefer_triton=True) == "torch"
+            and use_ext(y))
 
 
 def _h64(h: torch.Tensor) -> torch.Tensor:
@@ -132,7 +134,7 @@ def combine(y: torch.Tensor, K: torch.Tensor, h: torch.Tensor, coeffs: Sequence[
     o2 = _out_rows(out, B) if out is not None else torch.empty_like(y2, memory_format=torch.contiguous_format)
     target = o2 if o2 is not None else torch.empty_like(y2, memory_format=torch.contiguous_format)
     if name == "triton":
-        from ._ode_step_triton import combine_triton
+        from .step_triton import combine_triton
 
         combine_triton(y2, K3, h, coeffs, target)
     else:
@@ -174,7 +176,7 @@ def error_norm(y: torch.Tensor, y_new: torch.Tensor, K: torch.Tensor, h: torch.T
     n2 = _rows(y_new, (B,))
     K3 = _stages(K, Ks, len(e_coeffs), B, stacked=not _uses_op(name, y))
     if name == "triton":
-        from ._ode_step_triton import error_norm_triton
+        from .step_triton import error_norm_triton
 
         return error_norm_triton(y2, n2, K3, h, e_coeffs, rtol, atol)
     return error_norm_torch(y2, n2, K3, h, e_coeffs, rtol, atol)

@@ -1,0 +1,1 @@
+"""The applications on top of the library: the ``fastflow`` command (:mod:`.cli`) and its demo (:mod:`.demo`)."""
