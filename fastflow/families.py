@@ -147,7 +147,8 @@ class Poisson(Family):
 
     def reference_log_weight(self, d):
         D = self.D
-        return lambda r2, t: -(d + D) / 2.0 * torch.log(t ** 2 + r2)
+        # log(t^2 + r^2) as logaddexp(2 log t, log r^2): t^2 under- or overflows long before the log does
+        return lambda r2, t: -(d + D) / 2.0 * torch.logaddexp(2.0 * torch.log(t), torch.log(r2))
 
 
 class Gaussian(Family):
@@ -160,7 +161,7 @@ class Gaussian(Family):
         return LW.GAUSSIAN, 0.5, 0.0
 
     def reference_log_weight(self, d):
-        return lambda r2, t: -r2 / (2.0 * t ** 2)
+        return lambda r2, t: -0.5 * (r2 / t) / t  # not r2 / t^2: t^2 underflows at t = 1e-30 in float32
 
 
 def _log_sech2(u):
@@ -221,4 +222,4 @@ class RectifiedFlow(Family):
         return LW.GAUSSIAN, 0.5, 0.0
 
     def reference_log_weight(self, d):
-        return lambda r2, t: -r2 / (2.0 * t ** 2)
+        return lambda r2, t: -0.5 * (r2 / t) / t  # not r2 / t^2: t^2 underflows at t = 1e-30 in float32

@@ -41,7 +41,7 @@ __all__ = ["log_likelihood", "LikelihoodResult", "bpd", "EXACT_MAX_DIM", "DIVERG
 #: n_probes for Hutchinson, so beyond ~16 coordinates the estimator is the cheaper of the two.
 EXACT_MAX_DIM = 16
 DIVERGENCES = ("exact", "hutchinson")
-DERIVATIVES = ("autograd", "finite_difference")
+DERIVATIVES = ("auto", "autograd", "finite_difference")
 
 
 @dataclass
@@ -65,6 +65,8 @@ class LikelihoodResult:
     x_T: torch.Tensor
     nfe: torch.Tensor
     success: torch.Tensor
+    #: how the divergence was differentiated: "autograd" or "finite_difference" (what "auto" chose)
+    derivative: str = "autograd"
 
     def bpd(self, offset: float = 0.0) -> torch.Tensor:
         """(B,) bits per dimension of ``logp`` (see :func:`bpd`), with d the size of one sample of x_T."""
@@ -106,6 +108,10 @@ def _fd_step(x2: torch.Tensor, rel: float | None) -> torch.Tensor:
     return (rel * rms).to(x2.dtype)
 
 
+class _NotDifferentiable(Exception):
+    """f cannot be differentiated by autograd (derivative="auto" then takes finite differences)."""
+
+
 class _Augmented:
     """The augmented right-hand side [f(x, t), div f(x, t)] on flattened rows (n, d + 1), for ``odeint`` with
     ``with_index=True`` (the index picks each row's Hutchinson probes: odeint drops finished rows)."""
@@ -130,7 +136,14 @@ class _Augmented:
         x2 = z[:, :d].to(self.x_dtype)
         tx = t.to(self.x_dtype)
         v = self._directions(idx, n)  # (n, P, d)
-        if self.derivative == "autograd":
+        if self.derivative == "auto":  # the first evaluation decides, once for the whole integration
+            try:
+                dx, quad = self._autograd(x2, tx, v)
+                self.derivative = "autograd"
+            except _NotDifferentiable:
+                self.derivative = "finite_difference"
+                dx, quad = self._finite_difference(x2, tx, v)
+        elif self.derivative == "autograd":
             dx, quad = self._autograd(x2, tx, v)
         else:
             dx, quad = self._finite_difference(x2, tx, v)
@@ -146,13 +159,17 @@ class _Augmented:
             try:
                 out = self._call_f(xg.reshape(n, *self.shape), t)
             except RuntimeError as e:
+                if self.derivative == "auto":
+                    raise _NotDifferentiable from e
                 e.add_note("fastflow.log_likelihood differentiates f with autograd (derivative='autograd'); for an f "
-                           "that autograd cannot go through, pass derivative='finite_difference'")
+                           "that autograd cannot go through, pass derivative='finite_difference' (or 'auto')")
                 raise
             if not out.requires_grad:
+                if self.derivative == "auto":
+                    raise _NotDifferentiable
                 raise ValueError("f's output does not require grad: autograd cannot differentiate it with respect to "
                                  "x (f detaches, or runs a kernel without autograd support). Pass "
-                                 "derivative='finite_difference', or make f differentiable.")
+                                 "derivative='finite_difference' (or 'auto'), or make f differentiable.")
             out2 = out.reshape(n, self.d)
             cdt = torch.promote_types(x2.dtype, torch.float32)  # float16 rows still sum d products in float32
             quad = x2.new_zeros(n, P, dtype=cdt)
@@ -207,7 +224,7 @@ def _time_arg(name: str, v, B: int, device: torch.device):
 def log_likelihood(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
                    t0: float | torch.Tensor, t1: float | torch.Tensor,
                    prior_logp: Callable[[torch.Tensor], torch.Tensor], *, divergence: str | None = None,
-                   n_probes: int = 1, generator: torch.Generator | None = None, derivative: str = "autograd",
+                   n_probes: int = 1, generator: torch.Generator | None = None, derivative: str = "auto",
                    fd_step: float | None = None,
                    method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
                    max_steps: int = 10_000, progress: bool = False) -> LikelihoodResult:
@@ -232,7 +249,10 @@ def log_likelihood(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: t
         n_probes: Hutchinson probes per sample (>= 1), drawn once and kept for the whole integration; the
             estimates are averaged. Ignored by the exact trace.
         generator: draws the Hutchinson probes (None: torch's global generator); on x's device type.
-        derivative: ``"autograd"`` (VJPs), or ``"finite_difference"`` (central differences along each direction,
+        derivative: ``"auto"`` (default): autograd when f can be differentiated (its output requires grad
+            and its backward exists), else finite differences, decided at the first evaluation; so any fastflow
+            field works with the defaults (the fast field backends have no autograd). ``"autograd"`` (VJPs), or
+            ``"finite_difference"`` (central differences along each direction,
             f called once on (1 + 2P) n rows per evaluation, P = d or n_probes), for an f without autograd support.
             Its error is O(step^2) plus rounding O(eps |f| / step).
         fd_step: finite differences only: the relative step; a row's step is fd_step max(1, RMS(x_i)) along a unit
@@ -319,4 +339,5 @@ def log_likelihood(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: t
         warnings.warn(f"log_likelihood: {n_bad} of {B} samples did not reach t1 (max_steps ran out or the step "
                       "size underflowed); their logp is NaN", RuntimeWarning, stacklevel=2)
         logp = torch.where(res.success, logp, torch.full_like(logp, math.nan))
-    return LikelihoodResult(logp=logp, prior_logp=lp, delta_logp=delta, x_T=x_T, nfe=res.nfe, success=res.success)
+    return LikelihoodResult(logp=logp, prior_logp=lp, delta_logp=delta, x_T=x_T, nfe=res.nfe, success=res.success,
+                            derivative=rhs.derivative)

@@ -188,11 +188,17 @@ def hyperparameters(data, *, tau: float = 0.03, sigma: float = 0.01) -> dict:
     norm = _average_norm(data)
     if norm == 0:
         raise ValueError("data has average norm 0: M is undefined (ln 0)")
-    M = int(0.75 * math.log(norm ** 2 / (2 * math.sqrt(d) * sigma ** 2)) / math.log(1 + tau)) + 1
+    # in logs: sigma^2 underflows at sigma = 1e-200, and (1 + tau)^M overflows long before z_max does
+    log_ratio = 2 * math.log(norm) - math.log(2) - 0.5 * math.log(d) - 2 * math.log(sigma)
+    M = int(0.75 * log_ratio / math.log1p(tau)) + 1
     if M < 1:
         raise ValueError(f"the data's average norm {norm:g} is too small for sigma = {sigma:g} (M = {M} < 1)")
-    growth = (1 + tau) ** M
-    return {"M": M, "z_max": math.sqrt(2 / math.pi) * sigma * growth, "upper_norm": math.sqrt(d) * sigma * growth}
+    log_scale = math.log(sigma) + M * math.log1p(tau)  # log(sigma (1 + tau)^M)
+    if log_scale + 0.5 * math.log(d) > 709.0:
+        raise ValueError(f"sigma = {sigma:g} and tau = {tau:g} give z_max = e^{log_scale:.4g}, beyond float64 "
+                         "(the official sigma_end is 0.01)")
+    return {"M": M, "z_max": math.sqrt(2 / math.pi) * math.exp(log_scale),
+            "upper_norm": math.sqrt(d) * math.exp(log_scale)}
 
 
 def _split_field(out, B: int, shape: tuple, d: int):
@@ -257,8 +263,8 @@ def sample(net_fn, x_init, *, z_max, z_min: float = 1e-3, method: str = "dopri5"
     if z_exp is not None:
         z_exp = V.number("z_exp", z_exp)
     gamma = V.number("gamma", gamma, strict=False)
-    if isinstance(vz_max, bool) or not isinstance(vz_max, numbers.Real) or not vz_max < 0:
-        raise ValueError(f"vz_max must be a negative number (v_z is clamped to at most it), got {vz_max!r}")
+    if isinstance(vz_max, bool) or not isinstance(vz_max, numbers.Real) or not (math.isfinite(vz_max) and vz_max < 0):
+        raise ValueError(f"vz_max must be a finite negative number (v_z is clamped to at most it), got {vz_max!r}")
     sqrt_d = math.sqrt(d)
 
     def f(x, t):  # t = log z, (n,) in x's dtype

@@ -49,6 +49,9 @@ def points_and_ref(x, ref) -> tuple[torch.Tensor, torch.Tensor]:
                          f"ref is {tuple(ref.shape)} = (R, *shape)")
     if x.device != ref.device:
         raise ValueError(f"x and ref must be on the same device, got {x.device} and {ref.device}")
+    if x.dtype != ref.dtype:
+        raise ValueError(f"x and ref must have the same dtype, got x {x.dtype} and ref {ref.dtype} (fastflow does "
+                         "not promote silently: cast one, e.g. ref.to(x.dtype))")
     d = math.prod(x.shape[1:])
     return x.reshape(x.shape[0], d), ref.reshape(ref.shape[0], d)
 
@@ -64,6 +67,10 @@ def times(name: str, t, B: int, *, dtype: torch.dtype, device: torch.device, upp
             raise ValueError(f"{name} must be a float or a tensor of shape (B,) = ({B},), got {tuple(t.shape)}")
         if t.device != device:
             raise ValueError(f"{name} must be on {device} like x, got {t.device}")
+        if t.dtype.is_floating_point and torch.finfo(t.dtype).max > torch.finfo(dtype).max and not compiling() \
+                and t.numel() and bool((t.abs() > torch.finfo(dtype).max).any()):
+            raise ValueError(f"{name} has values beyond the range of the compute dtype {dtype} "
+                             f"(max {torch.finfo(dtype).max:.3g}); pass float64 tensors to compute in float64")
         t = t.to(dtype)
         if compiling():
             return t.contiguous()
@@ -80,6 +87,10 @@ def times(name: str, t, B: int, *, dtype: torch.dtype, device: torch.device, upp
     if not math.isfinite(t) or t <= 0 or (upper is not None and t > upper):
         lim = f" and <= {upper}" if upper is not None else ""
         raise ValueError(f"{name} must be finite and > 0{lim}, got {t}")
+    fi = torch.finfo(dtype)
+    if t > fi.max or t < fi.tiny:
+        raise ValueError(f"{name} = {t:g} is outside the range of the compute dtype {dtype} ({fi.tiny:.3g} to "
+                         f"{fi.max:.3g}); pass float64 tensors to compute in float64")
     return torch.full((B,), t, dtype=dtype, device=device)
 
 

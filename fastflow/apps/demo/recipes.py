@@ -14,7 +14,7 @@ from .data import SHAPE
 from .model import MLP, EDMDenoiser
 
 if TYPE_CHECKING:
-    from .run import DemoConfig
+    from .main import DemoConfig
 
 
 class Recipe:
