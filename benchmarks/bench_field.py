@@ -1,4 +1,4 @@
-"""Benchmark of PFGM's training target, the empirical Poisson field (MATH.md §4-§5), provider by provider.
+"""Benchmark of PFGM's training target, the empirical Poisson field (docs/math.md-§5), provider by provider.
 
 Every provider computes the same (B, d+1) tensor, ``fastflow.pfgm.target(x, z, ref, gamma=5)``:
 
@@ -413,7 +413,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = C.start_run(args)
-    torch.set_float32_matmul_precision("highest")  # true fp32 GEMMs everywhere (MATH.md §7: tf32 is opt-in)
+    torch.set_float32_matmul_precision("highest")  # true fp32 GEMMs everywhere (docs/math.md: tf32 is opt-in)
 
     info = fastflow.backends()
     ff_backends = [b for b in ("torch", "triton") if b in info["field_backends"]]

@@ -1,4 +1,4 @@
-"""Benchmark of the Runge-Kutta step updates (fastflow/_ode_step.py): the reference against the fused paths.
+"""Benchmark of the Runge-Kutta step updates (fastflow/ode/step.py): the reference against the fused paths.
 
 Per size (B, d) and dtype, three calls of a dopri5 step, each timed for every provider:
 

@@ -1,6 +1,6 @@
 """Benchmark of the prior draws x_T = T g / ||h|| of PFGM (D = 1) and PFGM++ (D > 1), provider by provider.
 
-MATH.md §3 and §5: the prior radius satisfies (||x_T|| / T)^2 ~ BetaPrime(d/2, D/2); the exact draw is
+docs/math.md: the prior radius satisfies (||x_T|| / T)^2 ~ BetaPrime(d/2, D/2); the exact draw is
 x_T = T g / ||h|| with g ~ N(0, I_d) and h ~ N(0, I_D) (D = 1: T g / |s|, PFGM's multivariate Cauchy).
 
 Providers (every one draws n = B points of dimension d, float32 unless stated):
@@ -31,7 +31,7 @@ Providers (every one draws n = B points of dimension d, float32 unless stated):
   ``fastflow._core.loader.reprobe()`` around the measurement, restored after). Skipped, with a note, when the
   extension is not loaded (``fastflow`` then already measures the torch path).
 
-T and U: for D = 1 the official PFGM sampling configs, z_max / upper_norm = 40 / 3000 at d = 3072 (MATH.md §5),
+T and U: for D = 1 the official PFGM sampling configs, z_max / upper_norm = 40 / 3000 at d = 3072 (docs/math.md),
 60 / 6000 at d = 12288 (configs/poisson/celeba64_ddpmpp.py), 50 / 20000 at d = 196608 (bedroom_ddpmpp.py). For D > 1,
 PFGM++'s T = sigma_max sqrt(D) with sigma_max = 80 (generate.py).
 
@@ -86,7 +86,7 @@ SIZES_B = (128, 1000)
 SIZES_d = (3072, 12288, 196608)
 SIZES_D = (1, 128, 2048)
 QUICK_SIZES = ((128, 3072, 1), (1000, 3072, 128))
-#: PFGM's official sampling configs: d -> (z_max, upper_norm) (MATH.md §5; celeba64_ddpmpp.py; bedroom_ddpmpp.py)
+#: PFGM's official sampling configs: d -> (z_max, upper_norm) (docs/math.md; celeba64_ddpmpp.py; bedroom_ddpmpp.py)
 PFGM_CONFIG = {3072: (40.0, 3000.0), 12288: (60.0, 6000.0), 196608: (50.0, 20000.0)}
 #: PFGM++'s generate.py: sigma_max = 80 (for N < 256*256*3), T = sigma_max sqrt(D)
 PFGMPP_SIGMA_MAX = 80.0
@@ -154,7 +154,7 @@ def pfgmpp_loop_prior(n: int, d: int, D: int, sigma_max: float, device: torch.de
 
 
 def torch_vectorised_prior(n: int, d: int, D: int, T: float, generator, device) -> torch.Tensor:
-    """The exact prior in plain PyTorch: T g / ||h||, g ~ N(0, I_d), h ~ N(0, I_D) per row (MATH.md §3)."""
+    """The exact prior in plain PyTorch: T g / ||h||, g ~ N(0, I_d), h ~ N(0, I_D) per row (docs/math.md)."""
     g = torch.randn(n, d, generator=generator, device=device)
     h = torch.randn(n, D, generator=generator, device=device)
     return g.mul_((T / torch.linalg.vector_norm(h, dim=1))[:, None])

@@ -4,7 +4,7 @@
 #   SECTION: build tests field prior ode_step solvers demo report (default: all but demo and report)
 # One 10-minute device call holds about build + tests, or build + the four benchmarks with the sizes below: split
 # the sections over two calls. demo and report run the CLI on the GPU (`fastflow demo --device cuda`, 3 files, and
-# `fastflow bench --device cuda`, report.md + plots); the device tool returns at most 8 files a call. Logs and
+# `python benchmarks/run.py --device cuda`, report.md + plots); the device tool returns at most 8 files a call. Logs and
 # JSON go to $OUT when set (the device tool's folder), else benchmarks/results/; commit the JSON (every row names
 # the device) under a name that says the GPU.
 #
@@ -59,6 +59,6 @@ if has demo; then
   python3 -m fastflow demo --device cuda --quiet --out "$out/demo_$gpu" 2>&1 | tail -25
 fi
 if has report; then
-  echo "== fastflow bench --device cuda"
-  python3 -m fastflow bench --device cuda --quiet --out "$out/report_$gpu" 2>&1 | tail -25
+  echo "== benchmarks/run.py --device cuda"
+  python3 benchmarks/run.py --device cuda --quiet --out "$out/report_$gpu" 2>&1 | tail -25
 fi

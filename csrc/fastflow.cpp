@@ -18,7 +18,7 @@ TORCH_LIBRARY(fastflow, m) {
   // them with torch.library.register_fake.
   m.set_python_module("fastflow._core.ops");
   // One streaming step of the field over the chunk of C reference points that starts at index `offset`
-  // (online_step_torch in fastflow/_field_torch.py): dots (B, C) is overwritten with the weights; smin, jmin
+  // (online_step_torch in fastflow/field/torch_backend.py): dots (B, C) is overwritten with the weights; smin, jmin
   // (int64), l, l2 (B,) are updated in place; the returned alpha (B,) rescales the caller's running weighted sum.
   m.def(
       "field_step_(Tensor(a!) dots, Tensor xn, Tensor yn, Tensor t, Tensor a, Tensor(b!) smin, Tensor(c!) jmin, "
@@ -31,7 +31,7 @@ TORCH_LIBRARY(fastflow, m) {
       "draw_(Tensor(a!) out, Tensor? x0, Tensor a, Tensor scale, int seed, int offset, int radius_kind, "
       "float radius_param) -> ()");
   // The fused step updates of the Runge-Kutta solvers (rk_step.cpp; specification in
-  // fastflow/_ode_step_reference.py), one pass over the stages K (S, B, d) each; h (B,) float64.
+  // fastflow/ode/step_reference.py), one pass over the stages K (S, B, d) each; h (B,) float64.
   // rk_combine_: out (B, d) = y + h sum_j coeffs[j] K[j] (out may be y itself).
   m.def("rk_combine_(Tensor(a!) out, Tensor y, Tensor[] K, Tensor h, float[] coeffs) -> ()");
   // rk_error_norm_: out (B,) = sqrt(mean_d (h sum_j e_coeffs[j] K[j] / (atol + rtol max(|y|, |y_new|)))^2),
@@ -39,7 +39,7 @@ TORCH_LIBRARY(fastflow, m) {
   m.def(
       "rk_error_norm_(Tensor(a!) out, Tensor y, Tensor y_new, Tensor[] K, Tensor h, float[] e_coeffs, float rtol, "
       "float atol) -> ()");
-  // rk_control_ (rk_control.cpp; specification: control_reference in fastflow/_ode_control.py): the per-sample
+  // rk_control_ (rk_control.cpp; specification: control_reference in fastflow/ode/control.py): the per-sample
   // step-size control of the adaptive solvers after a trial step, on (n,) tensors in the time dtype (err and xmax,
   // the trial state's max |x| per row, in any float dtype); status (n, 6) bool: done, stalled, bad, accept, lands,
   // rejected; gains: safety, fac_min, fac_max, alpha/k, beta/k, 1/k, err_prev_min, land_stretch.

@@ -1,5 +1,5 @@
 // CPU kernel of fastflow::rk_control_, the per-sample step-size control of the adaptive Runge-Kutta solvers
-// (specification: control_reference in fastflow/_ode_control.py, which this must match).
+// (specification: control_reference in fastflow/ode/control.py, which this must match).
 //
 // One pass over the n active samples replaces the ~50 small torch ops of the reference (at n = 256 on 2 cores
 // ~5 us against ~200 us a step): accept or reject the trial step, the PI factor of the next step, the clock, the
@@ -17,7 +17,7 @@ namespace {
 // status columns (bool): outputs DONE, STALLED, ACCEPT; state BAD (sticky: a trial step was ever non-finite),
 // LANDS (the current trial step ends on t1), REJECTED (the last trial step was rejected).
 enum Status : int64_t { kDone = 0, kStalled, kBad, kAccept, kLands, kRejected, kNumStatus };
-// gains, in this order (fastflow/_ode_control.py: GAINS)
+// gains, in this order (fastflow/ode/control.py: GAINS)
 enum Gain : size_t { kSafety = 0, kFacMin, kFacMax, kAlphaK, kBetaK, kInvK, kErrPrevMin, kLandStretch, kNumGains };
 
 // One (n,) column of any floating dtype, read element by element as double (n is small: the switch is free).

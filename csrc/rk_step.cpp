@@ -1,5 +1,5 @@
 // CPU kernels of fastflow::rk_combine_ and fastflow::rk_error_norm_, the fused step updates of the Runge-Kutta
-// solvers (specification: fastflow/_ode_step_reference.py).
+// solvers (specification: fastflow/ode/step_reference.py).
 //
 // Both are one pass over the stage buffers (the stages are separate (B, d) tensors: f's outputs, uncopied). A row is cut into tiles of kTile columns (fixed, whatever the thread
 // count); per tile, acc = sum_j c_j K_j is built in a stack buffer that stays in L1 (4 KiB for float32), up to 4

@@ -21,10 +21,11 @@ from fastflow.apps.demo import MLP, load_digits, sliced_wasserstein
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--iters", type=int, default=3000)
-    p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--samples", type=int, default=500)
+    p.add_argument("--iters", type=int, default=3000, help="training steps (default 3000)")
+    p.add_argument("--batch", type=int, default=256,
+                   help="training batch, also the reference batch of the target (default 256)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--samples", type=int, default=500, help="samples drawn at the end (default 500)")
     args = p.parse_args(argv)
     torch.manual_seed(0)
     train, test = load_digits(device=args.device)           # (N, 64) in [-1, 1]

@@ -143,7 +143,7 @@ def philox_seed(generator, device) -> int:
 
 def draw_fused(x0, a, scale, n: int, d: int, *, radius_kind: int, radius_param: float = 0.0, generator, device,
                dtype) -> torch.Tensor:
-    """out_i = a_i x0_i + scale_i rho_i g_i in one pass of ``torch.ops.fastflow.draw_`` (MATH.md §3).
+    """out_i = a_i x0_i + scale_i rho_i g_i in one pass of ``torch.ops.fastflow.draw_`` (docs/math.md).
 
     g_i ~ N(0, I_d) from Philox4x32-10, rho_i by ``radius_kind`` (RADIUS_ONE / CHI / TANH / EXP; radius_param
     is D for RADIUS_CHI). Call only where :func:`can_draw_fused` is true.

@@ -110,7 +110,7 @@ class Family:
             chunk_size: reference rows per streaming step (default: from a memory budget).
 
         Returns:
-            xbar: (B, *shape) in the promoted dtype of x and ref (float16/bfloat16 accumulate in float32);
+            xbar: (B, *shape) in the dtype of x and ref (which must match; float16/bfloat16 accumulate in float32);
             with ``return_stats``, a tuple (xbar, FieldStats) whose fields are (B,) tensors in the compute dtype.
         """
         res = _field.evaluate(self, x, t, ref, backend=backend, precision=precision, chunk_size=chunk_size)
@@ -122,7 +122,7 @@ class Family:
                  chunk_size: int | None = None) -> torch.Tensor:
         """Exact empirical velocity dx/dt = (x - xbar(x, t)) / t of this family's ODE.
 
-        Args and backends as :meth:`posterior_mean`. Returns (B, *shape) in the promoted dtype.
+        Args and backends as :meth:`posterior_mean`. Returns (B, *shape) in x's dtype.
         """
         res = _field.evaluate(self, x, t, ref, backend=backend, precision=precision, chunk_size=chunk_size)
         return res.output((res.x - res.xbar) / res.t[:, None], f"{self!r}.velocity")

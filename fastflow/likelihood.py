@@ -1,7 +1,7 @@
 """Exact log-likelihoods of ODE models: :func:`log_likelihood` by the instantaneous change of variables.
 
 For dx/dt = f(x, t) the density along a trajectory obeys d/dt log p_t(x(t)) = -div f(x(t), t) (the continuity
-equation of MATH.md §1), so with x(t0) = x
+equation of docs/math.md), so with x(t0) = x
 
     log p_{t0}(x) = log p_{t1}(x(t1)) + int_{t0}^{t1} div f(x(t), t) dt
 

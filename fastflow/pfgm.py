@@ -1,4 +1,4 @@
-"""PFGM's recipe (MATH.md §5), drop-in for the official implementation (github.com/Newbeeer/Poisson_flow).
+"""PFGM's recipe (docs/math.md), drop-in for the official implementation (github.com/Newbeeer/Poisson_flow).
 
 - :func:`perturb`: the training perturbation (official ``forward_pz``), same law.
 - :func:`target`: the training target. The official code builds a [B, R, d+1] tensor for it (6.4 GB at
@@ -115,11 +115,12 @@ def perturb(x0, *, M: float = 291, tau: float = 0.03, sigma_end: float = 0.01, r
 @nvtx.annotate("fastflow.pfgm.prior")
 def prior(n: int, shape, *, z_max, upper_norm: float | None = None, generator: torch.Generator | None = None,
           device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Points on the plane z = z_max: radius r = z_max ||g|| / |s| in a uniform direction (MATH.md §5).
+    """Points on the plane z = z_max: radius r = z_max ||g|| / |s| in a uniform direction (docs/math.md).
 
     (r / z_max)^2 = ||g||^2 / s^2 ~ BetaPrime(d/2, 1/2), i.e. r = z_max sqrt(u / (1-u)) with u ~ Beta(d/2, 1/2)
-    as in the official code, drawn without the beta: in float32 that beta rounds to 1 (an infinite radius)
-    in ~0.8% of draws at d = 3072.
+    as in the official code, drawn without the beta, as a ratio of Gaussians: a Beta(d/2, 1/2) draw rounded to
+    float32 can reach 1 (an infinite radius). The official code draws its beta in float64 (numpy) and clips the
+    radius to [1, upper_norm], which truncates the heavy tail; ``upper_norm`` reproduces that clip on request.
 
     Args:
         n: number of points (>= 0).  shape: the per-point shape (an int or a tuple).
@@ -166,7 +167,7 @@ def _average_norm(data: torch.Tensor, chunk: int = 4096) -> float:
 
 
 def hyperparameters(data, *, tau: float = 0.03, sigma: float = 0.01) -> dict:
-    """PFGM's M, z_max and upper_norm for a dataset (official ``hyper-parameters.py``; MATH.md §5).
+    """PFGM's M, z_max and upper_norm for a dataset (official ``hyper-parameters.py``; docs/math.md).
 
     M = int(0.75 ln(r^2 / (2 sqrt(d) sigma^2)) / ln(1 + tau)) + 1;  z_max = sqrt(2/pi) sigma (1+tau)^M;
     upper_norm = sqrt(d) sigma (1+tau)^M. r is the *average* L2 norm of the data points: the official script's
@@ -222,7 +223,7 @@ def _split_field(out, B: int, shape: tuple, d: int):
 def sample(net_fn, x_init, *, z_max, z_min: float = 1e-3, method: str = "dopri5", rtol: float = 1e-4,
            atol: float = 1e-4, steps: int | None = None, z_exp: float | None = None, gamma: float = 5.0,
            vz_max: float = -1e-5, max_steps: int = 10_000, callback=None, progress: bool = False):
-    """PFGM's sampler: dx/dz = v_x / v_z backward from z_max to z_min, in t' = log z (MATH.md §5).
+    """PFGM's sampler: dx/dz = v_x / v_z backward from z_max to z_min, in t' = log z (docs/math.md).
 
     dx/dt' = z v_x / v_z, solved by :func:`fastflow.odeint` with each sample on its own clock and step size (the
     official code solves one shared ODE with scipy's RK45, z the batch mean, on the CPU).

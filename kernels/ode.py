@@ -1,11 +1,11 @@
-"""Triton kernels of the Runge-Kutta step updates (fastflow/_ode_step.py), each one pass over the stage buffers.
+"""Triton kernels of the Runge-Kutta step updates (fastflow/ode/step.py), each one pass over the stage buffers.
 
 1. ``_rk_combine_kernel``: out = y + h sum_j c_j K_j: a stage's input, or the solution (c = b).
 2. ``_rk_error_norm_kernel``: the sum over the columns of (err / sc)^2, err = h sum_j e_j K_j,
    sc = atol + rtol max(|y|, |y_new|). With enough rows to fill the GPU a program walks its rows' whole width and
    writes the norm; otherwise the columns are split across programs, which write (B, n_splits) partial sums that
    the launcher adds in a fixed order. Either way the norm is deterministic (no atomics).
-3. ``_rk_control_kernel``: the per-sample step-size control after a trial step (fastflow/_ode_control.py), one
+3. ``_rk_control_kernel``: the per-sample step-size control after a trial step (fastflow/ode/control.py), one
    lane per sample: a single launch where the torch expressions take ~50.
 
 The coefficients and rtol / atol are constexpr: zero stages are never loaded (dopri5's b and e have one or two
@@ -105,7 +105,7 @@ def _rk_control_kernel(
     GAINS: tl.constexpr,        # safety, fac_min, fac_max, alpha/k, beta/k, 1/k, err_prev_min, land_stretch
     BLOCK: tl.constexpr,
 ):
-    """fastflow._ode_control.control_reference, one sample per lane (specification there). Powers are
+    """fastflow.ode.control.control_reference, one sample per lane (specification there). Powers are
     exp(p log x) on x >= 1e-10; the gains are materialised in the time dtype (tl.full: exact in fp64)."""
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = i < n

@@ -1,5 +1,5 @@
-"""``fastflow demo`` and ``fastflow info`` (fastflow/demo.py, fastflow/cli.py): the metrics against known answers,
-every recipe end to end at a tiny size, and the command line's errors."""
+"""``fastflow demo`` and ``fastflow info`` (fastflow/apps/demo/, fastflow/apps/cli.py): the metrics against known
+answers, every recipe end to end at a tiny size, and the command line's errors."""
 import json
 import math
 

@@ -1,4 +1,4 @@
-"""Bad input raises ValueError / TypeError naming the argument (API.md, Errors)."""
+"""Bad input raises ValueError / TypeError naming the argument (docs/api.md, Errors)."""
 import math
 
 import pytest

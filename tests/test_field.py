@@ -217,7 +217,7 @@ def test_velocity(backend):
 
 
 def test_reference_backend_against_brute_force_formula():
-    """The reference backend itself, against an independent loop over MATH.md's definitions."""
+    """The reference backend itself, against an independent loop over docs/math.md's definitions."""
     fam = fastflow.Poisson(D=3)
     x, t, ref = make_problem(fam, B=3, R=5, d=4, t_rel=0.5, dtype=torch.float64)
     got, st = fam.posterior_mean(x, t, ref, backend="reference", return_stats=True)

@@ -404,7 +404,7 @@ BAD = {
     "rtol_negative": (dict(rtol=-1.0), ValueError, "rtol"),
     "f_wrong_shape": (dict(f=lambda x, t: x[:, :2]), ValueError, "f returned shape"),
     "f_not_tensor": (dict(f=lambda x, t: 1.0), TypeError, "f must return a torch.Tensor"),
-    "f_detached": (dict(f=lambda x, t: (-x).detach()), ValueError, "finite_difference"),
+    "f_detached": (dict(f=lambda x, t: (-x).detach(), derivative="autograd"), ValueError, "finite_difference"),
 }
 
 
@@ -424,8 +424,13 @@ def test_autograd_failure_inside_f_gets_a_hint():
         return torch.neg(x, out=out)  # out= refuses autograd: RuntimeError from torch
 
     with pytest.raises(RuntimeError) as info:
-        fastflow.log_likelihood(f, X, 0.0, 1.0, _prior)
+        fastflow.log_likelihood(f, X, 0.0, 1.0, _prior, derivative="autograd")
     assert any("finite_difference" in n for n in getattr(info.value, "__notes__", []))
+    # the default ("auto") takes finite differences for it, and for an f that detaches
+    for g in (f, lambda x, t: (-x).detach()):
+        res = fastflow.log_likelihood(g, X, 0.0, 1.0, _prior)
+        assert res.derivative == "finite_difference"
+        torch.testing.assert_close(res.delta_logp, torch.full((4,), -3.0, dtype=F64))
     # and the finite-difference path takes the same f: div(-x) = -3
     res = fastflow.log_likelihood(f, X, 0.0, 1.0, _prior, derivative="finite_difference")
     torch.testing.assert_close(res.delta_logp, torch.full((4,), -3.0, dtype=F64))

@@ -1,4 +1,4 @@
-"""The step-size control of the adaptive solvers (fastflow/_ode_control.py): the C++ op fastflow::rk_control_
+"""The step-size control of the adaptive solvers (fastflow/ode/control.py): the C++ op fastflow::rk_control_
 against the torch reference, the PI formula by hand, bad arguments, and odeint with either."""
 import math
 

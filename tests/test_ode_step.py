@@ -1,4 +1,4 @@
-"""The fused step updates of the Runge-Kutta solvers (fastflow/_ode_step.py) against the float64 reference.
+"""The fused step updates of the Runge-Kutta solvers (fastflow/ode/step.py) against the float64 reference.
 
 Every path is held to ``fastflow.ode.step_reference`` evaluated in float64 on the same (upcast) inputs, with
 dopri5's coefficients: the stage rows a_i, the solution weights b and the error weights e = b - b_hat.

@@ -123,7 +123,7 @@ def small_dataset(R=5, d=3, seed=0):
 
 
 def radius_law(fam, d):
-    """CDF of (||x_t - a_t x0|| / t)^2 for the family's perturbation kernel (MATH.md §3)."""
+    """CDF of (||x_t - a_t x0|| / t)^2 for the family's perturbation kernel (docs/math.md)."""
     if isinstance(fam, fastflow.Poisson):
         return stats.betaprime(d / 2, fam.D / 2).cdf
     if isinstance(fam, fastflow.RadialCDF):

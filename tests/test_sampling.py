@@ -1,4 +1,4 @@
-"""Exact draws: every family's perturb and prior, and pfgm.perturb / prior / hyperparameters (MATH.md §3, §5).
+"""Exact draws: every family's perturb and prior, and pfgm.perturb / prior / hyperparameters (docs/math.md, §5).
 
 The distribution tests are Kolmogorov-Smirnov tests against scipy's exact laws, with n = 20,000 draws unless a
 test says otherwise. Every draw comes from a fixed seed, so each p-value is a fixed number and the threshold

@@ -84,7 +84,7 @@ def test_stf_target(backend):
 
 
 def test_pfgmpp_tends_to_stf_as_D_grows():
-    """MATH.md §3: with r = sigma sqrt(D) and D -> inf, PFGM++ weights tend to the Gaussian ones."""
+    """docs/math.md: with r = sigma sqrt(D) and D -> inf, PFGM++ weights tend to the Gaussian ones."""
     x, _, ref = make_problem(fastflow.Gaussian(), B=4, R=15, d=8, t_rel=0.3, dtype=torch.float64)
     stf = fastflow.stf_target(x, 0.7, ref, backend="reference")
     errs = [rel_err_rows(fastflow.pfgmpp_target(x, 0.7, ref, D=D, backend="reference"), stf) for D in [10, 1e3, 1e6]]

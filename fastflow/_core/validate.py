@@ -1,4 +1,4 @@
-"""Argument checks shared by the public API. Errors name the argument and say what was expected (API.md)."""
+"""Argument checks shared by the public API. Errors name the argument and say what was expected (docs/api.md)."""
 from __future__ import annotations
 
 import math

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     pd = sub.add_parser("demo", help="train on the bundled 8x8 digits, sample, and report",
                         description="Train a small network on scikit-learn's 8x8 digits with fastflow's targets, "
                                     "sample it with fastflow's samplers, and write samples.png, loss.png and "
-                                    "metrics.json (see fastflow/demo.py for the recipes and metrics).")
+                                    "metrics.json (see fastflow/apps/demo/ for the recipes and metrics).")
     pd.add_argument("--method", choices=METHODS, default=d.method, help=f"recipe (default {d.method})")
     pd.add_argument("--iters", type=int, default=d.iters, help=f"training steps (default {d.iters})")
     pd.add_argument("--batch", type=int, default=d.batch, help=f"training batch (default {d.batch})")

@@ -1,4 +1,4 @@
-"""Log-weights of the isotropic families as functions of the squared distance s = r^2 (MATH.md §3).
+"""Log-weights of the isotropic families as functions of the squared distance s = r^2 (docs/math.md).
 
 Every backend evaluates the same closed forms, selected by an integer ``kind`` and two scalars ``p``, ``q``:
 

@@ -9,7 +9,7 @@ import torch
 
 
 def field_reference(x, ref, t, a, log_weight_fn, *, block_elems: int = 1 << 24):
-    """x: (B, d), ref: (R, d), t, a: (B,); ``log_weight_fn(r2, t)`` -> log-weights, written from MATH.md's table.
+    """x: (B, d), ref: (R, d), t, a: (B,); ``log_weight_fn(r2, t)`` -> log-weights, written from docs/math.md's table.
 
     Returns (xbar (B, d), log_norm (B,), ess (B,)) in x's dtype.
     """

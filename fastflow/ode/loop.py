@@ -94,8 +94,8 @@ def integrate(meth: RungeKutta, rhs: RHS, x_full, t_full, t1_full, success, n_ac
 
     x_full: (B, d) state dtype; t_full, t1_full: (B,) time dtype; success, n_acc, n_rej: (B,) written in place.
     The per-sample state of the active rows: x, t, t1, h, the trial step (h_try, t_next) and, for adaptive
-    methods, err_prev and the (n, 6) bool ``status`` of :mod:`fastflow._ode_control`, which one fused call
-    (:func:`fastflow._ode_control.control`) updates after each trial step. One host sync per iteration: the flags
+    methods, err_prev and the (n, 6) bool ``status`` of :mod:`fastflow.ode.control`, which one fused call
+    (:func:`fastflow.ode.control.control`) updates after each trial step. One host sync per iteration: the flags
     (done / stalled / f non-finite / accepted) read back to decide which samples leave the batch. A stalled sample
     (t + h == t) that has had trial steps with non-finite values raises FloatingPointError (f is NaN/inf ahead of
     it); one without stops with success False.

@@ -1,4 +1,4 @@
-"""ODE integration with a clock per sample: :func:`odeint` (API.md, "ODE integration: fastflow.odeint").
+"""ODE integration with a clock per sample: :func:`odeint` (docs/api.md, "ODE integration: fastflow.odeint").
 
 Each sample of the batch carries its own time t_i, step h_i and accept/reject decision, so a batch mixing easy and
 hard samples costs what each sample needs, not what the hardest one needs for all. Samples that reach their end
