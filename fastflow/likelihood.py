@@ -297,10 +297,7 @@ def log_likelihood(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: t
         divergence = "exact" if d <= EXACT_MAX_DIM else "hutchinson"
     V.choice("divergence", divergence, DIVERGENCES)
     V.choice("derivative", derivative, DERIVATIVES)
-    if isinstance(n_probes, bool) or not isinstance(n_probes, numbers.Integral):
-        raise TypeError(f"n_probes must be an int, got {type(n_probes).__name__}")
-    if n_probes < 1:
-        raise ValueError(f"n_probes must be >= 1, got {n_probes}")
+    n_probes = V.count("n_probes", n_probes, minimum=1)
     V.generator("generator", generator, device)
     if fd_step is not None:
         fd_step = V.number("fd_step", fd_step)

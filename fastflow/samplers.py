@@ -51,9 +51,7 @@ def edm_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rh
     Returns:
         (steps + 1,) tensor, decreasing from sigma_max to sigma_min, then 0.
     """
-    steps = V.count("steps", steps)
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    steps = V.count("steps", steps, minimum=1)
     sigma_min = V.number("sigma_min", sigma_min)
     sigma_max = V.number("sigma_max", sigma_max)
     rho = V.number("rho", rho)

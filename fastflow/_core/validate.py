@@ -118,12 +118,12 @@ def flag(name: str, v) -> bool:
     return v
 
 
-def count(name: str, n) -> int:
-    """A number of samples: a non-negative Python int."""
+def count(name: str, n, minimum: int = 0) -> int:
+    """A Python int >= ``minimum`` (a number of samples: 0; of steps or rows: 1)."""
     if isinstance(n, bool) or not isinstance(n, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(n).__name__}")
-    if n < 0:
-        raise ValueError(f"{name} must be >= 0, got {n}")
+        raise TypeError(f"{name} must be an int, got {type(n).__name__} {n!r}")
+    if n < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {n}")
     return int(n)
 
 
@@ -179,13 +179,7 @@ def device(name: str, value) -> torch.device:
 
 def chunk_size(name: str, value) -> int | None:
     """None (a default), or a positive Python int."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a positive int or None, got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int or None, got {value}")
-    return int(value)
+    return None if value is None else count(name, value, minimum=1)
 
 
 def sample_device(dev, gen) -> torch.device:

@@ -75,7 +75,7 @@ class FieldResult:
         t: (B,) the validated times in the compute dtype.
         log_norm: (B,) logsumexp_j of the log-weights (see :class:`FieldStats`).
         ess: (B,) effective sample size.
-        dtype: the result dtype of the call (x's and ref's promoted dtype).
+        dtype: the result dtype of the call (x's and ref's dtype).
         shape: (B, *shape) the queries' shape.
     """
 
@@ -117,9 +117,8 @@ def evaluate(law: Law, x, t, ref, *, t_name: str = "t", backend: str | None = No
     Returns:
         :class:`FieldResult`.
     """
-    x2, ref2 = V.points_and_ref(x, ref)
-    dtype = torch.promote_types(x2.dtype, ref2.dtype)
-    x2, ref2 = x2.to(dtype), ref2.to(dtype)
+    x2, ref2 = V.points_and_ref(x, ref)  # the same dtype and device (checked)
+    dtype = x2.dtype
     cdt = dispatch.compute_dtype(dtype)
     dispatch.precision(precision, x2.device)
     chunk_size = V.chunk_size("chunk_size", chunk_size)

@@ -5,16 +5,8 @@ hard samples costs what each sample needs, not what the hardest one needs for al
 time leave the batch: every call of ``f`` gets only the rows still integrating (compaction), so the cost of an
 evaluation follows the number of active samples.
 
-Methods (:data:`METHODS`, chosen by name):
-
-====================  =====  ======  ===========================================================
-name                  order  evals   step
-====================  =====  ======  ===========================================================
-``"euler"``           1      1       fixed, ``steps`` equal steps from t0 to t1
-``"heun"``            2      2       fixed (explicit trapezoidal rule)
-``"rk4"``             4      4       fixed (classical Runge-Kutta)
-``"dopri5"``          5(4)   6/step  adaptive: Dormand-Prince pair, FSAL, PI step-size control
-====================  =====  ======  ===========================================================
+Methods: euler, heun, rk4 (fixed steps) and dopri5 (adaptive), chosen by name (:mod:`fastflow.ode.methods`
+has their table).
 
 The loop (:func:`fastflow.ode.loop.integrate`) is written once; the methods are Butcher tableaux
 (:mod:`fastflow.ode.methods`), and the per-step arithmetic goes through :func:`fastflow.ode.step.combine`
@@ -67,14 +59,6 @@ def _times(name: str, v, B: int, *, dtype: torch.dtype, device: torch.device) ->
     if not V.all_finite(out):
         raise ValueError(f"{name} = {v} overflows the time dtype {dtype}")
     return out
-
-
-def _positive_int(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-    if v < 1:
-        raise ValueError(f"{name} must be >= 1, got {v}")
-    return int(v)
 
 
 @nvtx.annotate("fastflow.odeint")
@@ -148,7 +132,7 @@ def odeint(f: Callable[..., torch.Tensor], x0: torch.Tensor, t0: float | torch.T
     meth = METHODS[method]()
     rtol = V.number("rtol", rtol)
     atol = V.number("atol", atol)
-    max_steps = _positive_int("max_steps", max_steps)
+    max_steps = V.count("max_steps", max_steps, minimum=1)
     if meth.adaptive:
         if steps is not None:
             raise ValueError(f"steps is for the fixed-step methods {[m for m in METHODS if not METHODS[m].e]}; "
@@ -156,7 +140,7 @@ def odeint(f: Callable[..., torch.Tensor], x0: torch.Tensor, t0: float | torch.T
     else:
         if steps is None:
             raise ValueError(f"steps is required for the fixed-step method {method!r} (the number of equal steps)")
-        steps = _positive_int("steps", steps)
+        steps = V.count("steps", steps, minimum=1)
         if h0 is not None:
             raise ValueError(f"h0 is for the adaptive method dopri5; method={method!r} takes (t1 - t0) / steps")
     if callback is not None and not callable(callback):
