@@ -14,11 +14,11 @@
 
 namespace fastflow {
 
-// dots (B, C) and the vectors xn, t, a, smin, l, l2 (B,) and yn (C,): one floating dtype (float32 or float64);
+// dots (B, C) and the vectors xn, t, a, mmin, l, l2 (B,) and yn (C,): one floating dtype (float32 or float64);
 // jmin (B,) int64; all on one device and contiguous; kind in 0..3. C >= 1, as in the torch specification (min
 // over an empty row fails).
 inline void check_field_step_args(const at::Tensor& dots, const at::Tensor& xn, const at::Tensor& yn,
-                                  const at::Tensor& t, const at::Tensor& a, const at::Tensor& smin,
+                                  const at::Tensor& t, const at::Tensor& a, const at::Tensor& mmin,
                                   const at::Tensor& jmin, const at::Tensor& l, const at::Tensor& l2, int64_t kind) {
   TORCH_CHECK(kind >= 0 && kind < kNumKinds,
               "fastflow::field_step_: kind must be 0 (poisson), 1 (gaussian), 2 (tanh) or 3 (exp); got ", kind);
@@ -41,7 +41,7 @@ inline void check_field_step_args(const at::Tensor& dots, const at::Tensor& xn, 
   const at::ScalarType dt = dots.scalar_type();
   const Vec vecs[] = {
       {"xn", xn, B, dt},     {"yn", yn, C, dt},           {"t", t, B, dt}, {"a", a, B, dt},
-      {"smin", smin, B, dt}, {"jmin", jmin, B, at::kLong}, {"l", l, B, dt}, {"l2", l2, B, dt},
+      {"mmin", mmin, B, dt}, {"jmin", jmin, B, at::kLong}, {"l", l, B, dt}, {"l2", l2, B, dt},
   };
   for (const Vec& v : vecs) {
     TORCH_CHECK(v.tensor.scalar_type() == v.dtype, "fastflow::field_step_: ", v.name, " must have dtype ", v.dtype,

@@ -18,10 +18,10 @@ TORCH_LIBRARY(fastflow, m) {
   // them with torch.library.register_fake.
   m.set_python_module("fastflow._core.ops");
   // One streaming step of the field over the chunk of C reference points that starts at index `offset`
-  // (online_step_torch in fastflow/field/torch_backend.py): dots (B, C) is overwritten with the weights; smin, jmin
-  // (int64), l, l2 (B,) are updated in place; the returned alpha (B,) rescales the caller's running weighted sum.
+  // (online_step_torch in fastflow/field/torch_backend.py): dots (B, C) is overwritten with the weights; mmin (the
+  // running smallest a^2 ||y_j||^2 - 2 a x.y_j, see field_math.h), jmin (int64), l, l2 (B,) are updated in place; the returned alpha (B,) rescales the caller's running weighted sum.
   m.def(
-      "field_step_(Tensor(a!) dots, Tensor xn, Tensor yn, Tensor t, Tensor a, Tensor(b!) smin, Tensor(c!) jmin, "
+      "field_step_(Tensor(a!) dots, Tensor xn, Tensor yn, Tensor t, Tensor a, Tensor(b!) mmin, Tensor(c!) jmin, "
       "Tensor(d!) l, Tensor(e!) l2, int offset, int kind, float p, float q) -> Tensor");
   // The fused sampler (draw.cpp, cuda/draw.cu): for each row i of out (n, d), out_i = a_i x0_i + scale_i rho_i g_i
   // (x0 absent: scale_i rho_i g_i), g_i ~ N(0, I_d) from Philox4x32-10 with key `seed` and counter

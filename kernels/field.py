@@ -1,8 +1,9 @@
 """Triton kernels of the field engine (MATH.md §4): attention with a distance logit, in two passes per chunk.
 
 1. ``_field_logits_kernel``: the distance GEMM x_c . y_c over d with the log-weight epilogue; it writes the
-   (B, N) log-weights relative to each (row, column tile)'s smallest distance, and per (row, tile) that
-   distance and the partial sums of exp and exp^2 (the row max / log-sum-exp, never rounding l itself).
+   (B, N) log-weights relative to each (row, column tile)'s smallest distance, and per (row, tile) the
+   j-dependent part m = a^2 ||y||^2 - 2 a x.y of that distance (s = ||x||^2 + m is never rounded as a whole)
+   and the partial sums of exp and exp^2 (the row max / log-sum-exp, never rounding l itself).
 2. ``_field_wsum_kernel``: out = alpha * out + sum_j exp(l_ij - l_i*) y_j, the exponentials formed on the fly.
 
 Dot products are IEEE fp32 unless the launcher passes PRECISION="tf32" or "bf16" (explicit opt-in).
@@ -10,7 +11,7 @@ Dot products are IEEE fp32 unless the launcher passes PRECISION="tf32" or "bf16"
 import triton
 import triton.language as tl
 
-# log-weight kinds, as in fastflow/_logweights.py
+# log-weight kinds, as in fastflow/field/logweights.py
 POISSON: tl.constexpr = tl.constexpr(0)
 GAUSSIAN: tl.constexpr = tl.constexpr(1)
 TANH: tl.constexpr = tl.constexpr(2)
@@ -30,27 +31,29 @@ def _log1p(z):
 
 
 @triton.jit
-def _rel_log_weight(s, s0, t, KIND: tl.constexpr, p, q):
-    """l(s, t) - l(s0, t) for s >= s0 >= 0, never forming l itself (fastflow/_logweights.py: rel_log_weight)."""
+def _gap_log_weight(g, s0, t, KIND: tl.constexpr, p, q):
+    """l(s0 + g, t) - l(s0, t) for g >= 0, never forming s or l (fastflow/field/logweights.py: gap_log_weight)."""
     if KIND == POISSON:
-        rel = -p * _log1p((s - s0) / (t * t + s0))
+        rel = -p * _log1p(g / tl.maximum(t * t + s0, TINY))
     elif KIND == GAUSSIAN:
-        rel = -p * (s - s0) / (t * t)
+        rel = -p * ((g / t) / t)
     else:
+        s = s0 + g
         r = tl.sqrt(s)
         r0 = tl.sqrt(s0)
         u = r / t
-        # u - u0 from s - s0: at small t, u ~ 1e3 and the difference of the rounded u's would lose 3 digits
+        # u - u0 from the gap: at small t, u ~ 1e3 and the difference of the rounded u's would lose 3 digits
         r_sum = r + r0
-        du = tl.where(r_sum > 0.0, (s - s0) / (t * tl.where(r_sum > 0.0, r_sum, 1.0)), 0.0)
+        du = tl.where(r_sum > 0.0, g / (t * tl.where(r_sum > 0.0, r_sum, 1.0)), 0.0)
         if KIND == TANH:
             # log sech^2(u) = -2 (u + log1p(e^{-2u}) - log 2): finite for every u >= 0
-            d_log_dpsi = -2.0 * (du + _log1p(tl.exp(-2.0 * u)) - _log1p(tl.exp(-2.0 * r0 / t)))
+            d_log_dpsi = -2.0 * (du + _log1p(tl.exp(-2.0 * u)) - _log1p(tl.exp(-2.0 * (r0 / t))))
         else:
             d_log_dpsi = -du
         sc0 = tl.maximum(s0, TINY)
+        num = tl.where(s0 >= TINY, g, tl.maximum(s, TINY) - TINY)
         # q = 0 (d = 1) must not meet log1p(inf) = inf (a far point next to an exact hit): 0 * inf is NaN
-        log_ratio = tl.where(q == 0.0, 0.0, _log1p((tl.maximum(s, TINY) - sc0) / sc0))
+        log_ratio = tl.where(q == 0.0, 0.0, _log1p(num / sc0))
         rel = d_log_dpsi - q * log_ratio
     return rel
 
@@ -68,7 +71,9 @@ def _field_logits_kernel(
     X, Y, CEN,              # x (B, D), y chunk (N, D), centre c (D,) fp32: distances use x - a c and y - c
     T, A,                   # t (B,), a (B,) fp32
     REL,                    # out: (B, N) fp32 l(s_ij) - l(s*_tile), s*_tile the tile's row minimum of s
-    SP, JP, LP, L2P,        # out: (B, n_col_tiles) fp32 s*_tile, int32 its column, sum exp(REL), sum exp(2 REL)
+    XN,                     # out: (B,) fp32 ||x_i - a_i c||^2 (written by the first column tile)
+    SP, JP, LP, L2P,        # out: (B, n_col_tiles) fp32 m*_tile (s*_tile = XN + m*_tile), int32 its column,
+                            #      sum exp(REL), sum exp(2 REL)
     B, N, D,                # sizes
     stride_xb, stride_yn,   # row strides of x and y (the columns are contiguous)
     stride_lb, stride_pb,   # row strides of LOGITS and of the partial-stat buffers
@@ -101,15 +106,20 @@ def _field_logits_kernel(
         xn += tl.sum(xt * xt, axis=1)
         yn += tl.sum(yt * yt, axis=1)
     t = tl.load(T + rm, mask=mask_m, other=1.0)
-    s = xn[:, None] + (a * a)[:, None] * yn[None, :] - 2.0 * a[:, None] * acc
-    s = tl.maximum(s, 0.0)  # rounding can make a tiny distance negative
-    s_tile, j_tile = tl.min(tl.where(mask_n[None, :], s, float("inf")), axis=1, return_indices=True)
-    s = tl.where(mask_n[None, :], s, s_tile[:, None])  # padding columns: finite values, masked below
-    rel = _rel_log_weight(s, s_tile[:, None], t[:, None], KIND, p, q)
+    # s = xn + m with m = a^2 yn - 2 a x.y; s is never rounded as a whole (xn ~ t^2 d far out at large t)
+    m = (a * a)[:, None] * yn[None, :] - 2.0 * a[:, None] * acc
+    m_tile, j_tile = tl.min(tl.where(mask_n[None, :], m, float("inf")), axis=1, return_indices=True)
+    m = tl.where(mask_n[None, :], m, m_tile[:, None])  # padding columns: finite values, masked below
+    s0_raw = xn + m_tile
+    s0 = tl.maximum(s0_raw, 0.0)  # rounding can make a tiny distance negative; the clamp carries over to all s
+    g = tl.maximum(m - m_tile[:, None] + tl.minimum(s0_raw, 0.0)[:, None], 0.0)
+    rel = _gap_log_weight(g, s0[:, None], t[:, None], KIND, p, q)
     rel = tl.where(mask_n[None, :], rel, float("-inf"))
     tl.store(REL + rm64[:, None] * stride_lb + rn[None, :], rel, mask=mask_m[:, None] & mask_n[None, :])
+    if pid_n == 0:
+        tl.store(XN + rm, xn, mask=mask_m)
     e = tl.exp(rel)
-    tl.store(SP + rm * stride_pb + pid_n, s_tile, mask=mask_m)  # every kind decreases in s: the max weight
+    tl.store(SP + rm * stride_pb + pid_n, m_tile, mask=mask_m)  # every kind decreases in s: the max weight
     tl.store(JP + rm * stride_pb + pid_n, pid_n * BLOCK_N + j_tile, mask=mask_m)
     tl.store(LP + rm * stride_pb + pid_n, tl.sum(e, axis=1), mask=mask_m)
     tl.store(L2P + rm * stride_pb + pid_n, tl.sum(e * e, axis=1), mask=mask_m)

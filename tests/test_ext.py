@@ -76,7 +76,7 @@ def make_chunks(B: int, C: int, path: str, n_chunks: int = 2, seed: int = 0):
 
 
 def initial_state(B: int, dtype):
-    """smin, jmin, l, l2 before the first chunk."""
+    """mmin, jmin, l, l2 before the first chunk (mmin: the running smallest a^2 yn - 2 a dots)."""
     return (torch.full((B,), float("inf"), dtype=dtype), torch.zeros(B, dtype=torch.int64),
             torch.zeros(B, dtype=dtype), torch.zeros(B, dtype=dtype))
 
@@ -116,9 +116,9 @@ def test_matches_specification(B, C, path, kind, p, q, dtype):
             print(f"step {step}: torch fp32 weights max rel err {max_rel_err(t32[0], ref_dots, atol):.2e}")
         alpha = OP(dots, xn, yn, t, a, *state, offset, kind, p, q)
 
-        smin, jmin, l, l2 = state
-        names = ["dots", "alpha", "smin", "l", "l2"]
-        outs = [dots, alpha, smin, l, l2]
+        mmin, jmin, l, l2 = state
+        names = ["dots", "alpha", "mmin", "l", "l2"]
+        outs = [dots, alpha, mmin, l, l2]
         refs = [ref_dots, ref_alpha, ref_state[0], ref_state[2], ref_state[3]]
         print(f"step {step}: op max rel err " + ", ".join(
             f"{n} {max_rel_err(o, r, atol):.2e}" for n, o, r in zip(names, outs, refs)))
@@ -156,7 +156,7 @@ def test_ties_and_coincident_points(kind, p, q, dtype):
         torch.testing.assert_close(state[1], ref_state[1], rtol=0, atol=0)
         for o, r in [(out, ref_dots), (alpha, ref_alpha), (state[2], ref_state[2])]:
             torch.testing.assert_close(o.double(), r, rtol=RTOL[dtype], atol=torch.finfo(dtype).tiny)
-    assert int(state[1][0]) == 5 and float(state[0][0]) == 0.0
+    assert int(state[1][0]) == 5 and float(xn[0] + state[0][0]) == 0.0  # s* = xn + m* = 0: the query is y_5
     assert bool((state[1] < C).all())  # the first copy, in the first chunk
     assert bool((alpha == 1).all())  # the repeated chunk does not move s*
 
@@ -218,8 +218,8 @@ def test_opcheck():
 def test_compiles_fullgraph():
     """torch.compile traces through the op (via the fake) in one graph; aot_eager: inductor's C++ build of the
     surrounding ops would take tens of seconds and tests nothing about the op."""
-    def step(dots, xn, yn, t, a, smin, jmin, l, l2):
-        alpha = OP(dots, xn, yn, t, a, smin, jmin, l, l2, 0, EXP, 0.0, 1.0)
+    def step(dots, xn, yn, t, a, mmin, jmin, l, l2):
+        alpha = OP(dots, xn, yn, t, a, mmin, jmin, l, l2, 0, EXP, 0.0, 1.0)
         return alpha * 2
 
     args = _args(B=4, C=7)[:9]
@@ -259,7 +259,7 @@ def test_cuda_matches_specification(C, path, kind, p, q, dtype):
 
         # (name, op output, plain torch output in the same dtype, float64 reference)
         rows = [("dots", dots, plain[0], ref[0]), ("alpha", alpha, plain_alpha, ref_alpha),
-                ("smin", state[0], plain[5], ref[5]), ("l", state[2], plain[7], ref[7]),
+                ("mmin", state[0], plain[5], ref[5]), ("l", state[2], plain[7], ref[7]),
                 ("l2", state[3], plain[8], ref[8])]
         for name, out, plain_out, r in rows:
             if dtype == torch.float64:

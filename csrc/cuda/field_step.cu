@@ -1,8 +1,8 @@
 // CUDA kernel of fastflow::field_step_: one streaming step of the field's online softmax over a chunk of C
-// reference points (specification: online_step_torch in fastflow/_field_torch.py).
+// reference points (specification: online_step_torch in fastflow/field/torch_backend.py).
 //
-// One thread block per row: pass 1 writes the squared distances s_ij into the row and reduces their minimum and
-// its column, pass 2 overwrites them with the weights and reduces the sums. The arithmetic is in the input dtype
+// One thread block per row: pass 1 writes m_ij = a^2 yn_j - 2 a dots_ij (the j-dependent part of the squared
+// distance s_ij = xn_i + m_ij, field_math.h) into the row and reduces their minimum and its column, pass 2 overwrites them with the weights and reduces the sums. The arithmetic is in the input dtype
 // (float32 follows the specification's float32 data flow: double exp/log1p are software sequences, tens of
 // times slower than the float ones on the GPU), the row sums in double. The reductions have a fixed shape, so
 // the results do not depend on scheduling.
@@ -30,7 +30,7 @@ constexpr int kWarps = kThreads / 32;
 __device__ inline float infinity(float) { return CUDART_INF_F; }
 __device__ inline double infinity(double) { return CUDART_INF; }
 
-// A candidate for the row's smallest squared distance: its value and column.
+// A candidate for the row's smallest m (smallest squared distance): its value and column.
 template <typename scalar_t>
 struct ArgMin {
   scalar_t s;
@@ -58,41 +58,39 @@ __device__ ArgMin<scalar_t> shfl_xor(ArgMin<scalar_t> v, int lane_mask) {
 
 template <typename scalar_t, int KIND>
 __global__ void __launch_bounds__(kThreads) field_step_kernel(
-    scalar_t* __restrict__ dots,      // (B, C) in: x_c . y_c; out: weights exp(l(s_ij) - l(s_new_i))
+    scalar_t* __restrict__ dots,      // (B, C) in: x_c . y_c; out: weights exp(l(s_ij) - l(s*_i))
     const scalar_t* __restrict__ xn,  // (B,) ||x_i - a_i c||^2
     const scalar_t* __restrict__ yn,  // (C,) ||y_j - c||^2
     const scalar_t* __restrict__ t,   // (B,) time
     const scalar_t* __restrict__ a,   // (B,) path scale
-    scalar_t* __restrict__ smin,      // (B,) running smallest squared distance (inf before the first chunk)
-    int64_t* __restrict__ jmin,       // (B,) reference index of smin
+    scalar_t* __restrict__ mmin,      // (B,) running smallest m (inf before the first chunk)
+    int64_t* __restrict__ jmin,       // (B,) reference index of mmin
     scalar_t* __restrict__ l,         // (B,) running sum of weights
     scalar_t* __restrict__ l2,        // (B,) running sum of squared weights
     scalar_t* __restrict__ alpha,     // (B,) out: rescaling factor of the previous chunks
     int64_t C,                        // row length
     int64_t offset,                   // reference index of the chunk's first column
-    scalar_t p, scalar_t q) {         // log-weight parameters (fastflow/_logweights.py)
+    scalar_t p, scalar_t q) {         // log-weight parameters (fastflow/field/logweights.py)
   __shared__ ArgMin<scalar_t> smem_min[kWarps];
   __shared__ double smem_sum[kWarps];
   const int64_t i = blockIdx.x;
   scalar_t* row = dots + i * C;
   const scalar_t a_i = a[i];
-  const scalar_t xn_i = xn[i];
   const scalar_t a2 = a_i * a_i;
   const scalar_t m2a = scalar_t(-2) * a_i;
 
-  // Pass 1: s_ij = max(xn_i + a_i^2 yn_j - 2 a_i dots_ij, 0), stored in the row, and the chunk's smallest s
-  // with its column. A thread without columns contributes (inf, C), which loses every comparison.
+  // Pass 1: m_ij = a_i^2 yn_j - 2 a_i dots_ij, stored in the row, and the chunk's smallest m with its column. A
+  // thread without columns contributes (inf, C), which loses every comparison.
   ArgMin<scalar_t> part{infinity(scalar_t(0)), C};
   for (int64_t j = threadIdx.x; j < C; j += kThreads) {
-    scalar_t s = (xn_i + a2 * yn[j]) + m2a * row[j];
-    s = s < scalar_t(0) ? scalar_t(0) : s;  // keeps NaN, like clamp_min
-    row[j] = s;
-    part = ArgMinOp{}(part, ArgMin<scalar_t>{s, j});
+    const scalar_t m = a2 * yn[j] + m2a * row[j];
+    row[j] = m;
+    part = ArgMinOp{}(part, ArgMin<scalar_t>{m, j});
   }
   const ArgMin<scalar_t> chunk = block_allreduce<kWarps>(part, ArgMinOp{}, smem_min);
-  const scalar_t s_old = smin[i];
-  const scalar_t s_new = nan_min(s_old, chunk.s);
-  const RelLogWeight<KIND, scalar_t> rel(s_new, t[i], p, q);
+  const scalar_t m_old = mmin[i];
+  const scalar_t m_new = nan_min(m_old, chunk.s);
+  const GapLogWeight<KIND, scalar_t> rel(xn[i], m_new, t[i], p, q);
 
   // Pass 2: each thread reads back the elements it wrote in pass 1, so no barrier is needed between passes.
   double sum = 0;
@@ -107,48 +105,48 @@ __global__ void __launch_bounds__(kThreads) field_step_kernel(
   sum2 = block_allreduce<kWarps>(sum2, SumOp{}, smem_sum);
 
   if (threadIdx.x == 0) {
-    // The first chunk (s_old = inf) has no previous sums to rescale.
-    const scalar_t al = isinf(s_old) ? scalar_t(0) : ff_exp(rel(s_old));
+    // The first chunk (m_old = inf) has no previous sums to rescale.
+    const scalar_t al = isinf(m_old) ? scalar_t(0) : ff_exp(rel(m_old));
     l[i] = static_cast<scalar_t>(double(l[i]) * double(al) + sum);
     l2[i] = static_cast<scalar_t>(double(l2[i]) * double(al * al) + sum2);
-    smin[i] = s_new;
-    if (chunk.s < s_old) jmin[i] = chunk.j + offset;  // strict: on a tie the earlier chunk's point stays
+    mmin[i] = m_new;
+    if (chunk.s < m_old) jmin[i] = chunk.j + offset;  // strict: on a tie the earlier chunk's point stays
     alpha[i] = al;
   }
 }
 
 template <typename scalar_t, int KIND>
 void launch(const at::Tensor& dots, const at::Tensor& xn, const at::Tensor& yn, const at::Tensor& t,
-            const at::Tensor& a, const at::Tensor& smin, const at::Tensor& jmin, const at::Tensor& l,
+            const at::Tensor& a, const at::Tensor& mmin, const at::Tensor& jmin, const at::Tensor& l,
             const at::Tensor& l2, const at::Tensor& alpha, int64_t offset, double p, double q) {
   const int64_t B = dots.size(0);
   const int64_t C = dots.size(1);
   field_step_kernel<scalar_t, KIND><<<static_cast<unsigned int>(B), kThreads, 0,
                                       c10::cuda::getCurrentCUDAStream()>>>(
       dots.mutable_data_ptr<scalar_t>(), xn.const_data_ptr<scalar_t>(), yn.const_data_ptr<scalar_t>(),
-      t.const_data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(), smin.mutable_data_ptr<scalar_t>(),
+      t.const_data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(), mmin.mutable_data_ptr<scalar_t>(),
       jmin.mutable_data_ptr<int64_t>(), l.mutable_data_ptr<scalar_t>(), l2.mutable_data_ptr<scalar_t>(),
       alpha.mutable_data_ptr<scalar_t>(), C, offset, static_cast<scalar_t>(p), static_cast<scalar_t>(q));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// CUDA implementation of the schema in fastflow.cpp: dots, smin, jmin, l, l2 are updated in place; returns
+// CUDA implementation of the schema in fastflow.cpp: dots, mmin, jmin, l, l2 are updated in place; returns
 // alpha (B,).
 at::Tensor field_step_cuda(const at::Tensor& dots, const at::Tensor& xn, const at::Tensor& yn, const at::Tensor& t,
-                           const at::Tensor& a, const at::Tensor& smin, const at::Tensor& jmin, const at::Tensor& l,
+                           const at::Tensor& a, const at::Tensor& mmin, const at::Tensor& jmin, const at::Tensor& l,
                            const at::Tensor& l2, int64_t offset, int64_t kind, double p, double q) {
-  check_field_step_args(dots, xn, yn, t, a, smin, jmin, l, l2, kind);
+  check_field_step_args(dots, xn, yn, t, a, mmin, jmin, l, l2, kind);
   TORCH_CHECK(dots.device().is_cuda(), "fastflow::field_step_ (CUDA kernel): tensors must be on a CUDA device; got ",
               dots.device());
   // gridDim.x is limited to 2^31 - 1 blocks (one per row).
   TORCH_CHECK(dots.size(0) <= std::numeric_limits<int>::max(),
               "fastflow::field_step_: at most 2^31 - 1 rows per call; got ", dots.size(0));
   const c10::cuda::CUDAGuard guard(dots.device());
-  at::Tensor alpha = at::empty_like(smin);
+  at::Tensor alpha = at::empty_like(mmin);
   if (dots.size(0) == 0) return alpha;
   AT_DISPATCH_FLOATING_TYPES(dots.scalar_type(), "fastflow::field_step_", [&] {
     dispatch_kind(kind, [&](auto K) {
-      launch<scalar_t, decltype(K)::value>(dots, xn, yn, t, a, smin, jmin, l, l2, alpha, offset, p, q);
+      launch<scalar_t, decltype(K)::value>(dots, xn, yn, t, a, mmin, jmin, l, l2, alpha, offset, p, q);
     });
   });
   return alpha;

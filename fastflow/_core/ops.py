@@ -14,9 +14,9 @@ from . import loader
 if loader.has_C():  # importing _C here is what registers the ops this module refers to
 
     @torch.library.register_fake("fastflow::field_step_")
-    def _field_step_fake(dots, xn, yn, t, a, smin, jmin, l, l2, offset, kind, p, q):
-        """dots (B, C), smin, jmin, l, l2 (B,) are updated in place; the new output is alpha (B,), like smin."""
-        return torch.empty_like(smin)
+    def _field_step_fake(dots, xn, yn, t, a, mmin, jmin, l, l2, offset, kind, p, q):
+        """dots (B, C), mmin, jmin, l, l2 (B,) are updated in place; the new output is alpha (B,), like mmin."""
+        return torch.empty_like(mmin)
 
     @torch.library.register_fake("fastflow::draw_")
     def _draw_fake(out, x0, a, scale, seed, offset, radius_kind, radius_param):

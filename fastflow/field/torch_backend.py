@@ -11,42 +11,46 @@ import torch
 
 from .._core import config, dispatch
 from .._core import validate as V
-from .logweights import log_weight, rel_log_weight
+from .logweights import gap_log_weight, log_weight, split_distance
 
 
-def online_step_torch(dots, xn, yn, t, a, smin, jmin, l, l2, offset: int, kind: int, p: float, q: float):
+def online_step_torch(dots, xn, yn, t, a, mmin, jmin, l, l2, offset: int, kind: int, p: float, q: float):
     """One streaming step of the field, in plain torch (the specification of ``fastflow::field_step_``).
 
-    The running state is the row's smallest squared distance s* (whose log-weight is the row's largest, every
-    kind being decreasing in s) and the sums of exp(l_ij - l(s*)) and exp(2 (l_ij - l(s*))).
+    The squared distance is s_ij = xn_i + m_ij with m_ij = a_i^2 yn_j - 2 a_i dots_ij; s itself is never
+    rounded (:func:`~fastflow.field.logweights.split_distance`). The running state is the row's smallest m
+    (whose log-weight is the row's largest, every kind being decreasing in s) and the sums of exp(l_ij - l*)
+    and exp(2 (l_ij - l*)), l* = l(xn + m*).
 
     Args:
         dots: (B, C) x_c . y_c for this chunk; overwritten with w_ij = exp(l(s_ij) - l(s*_new)).
         xn: (B,) ||x_i - a_i c||^2.   yn: (C,) ||y_j - c||^2.   t, a: (B,) time and path scale.
-        smin, l, l2: (B,) running s*, sum w and sum w^2; updated in place (start from inf, 0, 0).
-        jmin: (B,) int64 index of s*'s reference point (``offset`` + column), updated in place.
+        mmin, l, l2: (B,) running m*, sum w and sum w^2; updated in place (start from inf, 0, 0).
+        jmin: (B,) int64 index of m*'s reference point (``offset`` + column), updated in place.
         kind, p, q: the log-weight (see :mod:`fastflow.field.logweights`).
 
     Returns:
         alpha: (B,) exp(l(s*_old) - l(s*_new)), the factor that rescales the running weighted sum.
     """
-    s = torch.addcmul(xn[:, None] + (a * a)[:, None] * yn[None, :], a[:, None], dots, value=-2.0).clamp_min_(0.0)
-    s_chunk, j_chunk = s.min(dim=1)
-    s_new = torch.minimum(smin, s_chunk)
-    torch.where(s_chunk < smin, j_chunk + offset, jmin, out=jmin)
-    alpha = torch.where(torch.isinf(smin), torch.zeros_like(smin),
-                        torch.exp(rel_log_weight(smin, s_new, t, kind, p, q)))
-    torch.exp(rel_log_weight(s, s_new[:, None], t[:, None], kind, p, q), out=dots)
+    m = torch.addcmul((a * a)[:, None] * yn[None, :], a[:, None], dots, value=-2.0)
+    m_chunk, j_chunk = m.min(dim=1)
+    m_new = torch.minimum(mmin, m_chunk)
+    torch.where(m_chunk < mmin, j_chunk + offset, jmin, out=jmin)
+    g_old, s0 = split_distance(xn, mmin, m_new)
+    alpha = torch.where(torch.isinf(mmin), torch.zeros_like(mmin),
+                        torch.exp(gap_log_weight(g_old, s0, t, kind, p, q)))
+    g, _ = split_distance(xn[:, None], m, m_new[:, None])
+    torch.exp(gap_log_weight(g, s0[:, None], t[:, None], kind, p, q), out=dots)
     l.mul_(alpha).add_(dots.sum(dim=1))
     l2.mul_(alpha * alpha).add_((dots * dots).sum(dim=1))
-    smin.copy_(s_new)
+    mmin.copy_(m_new)
     return alpha
 
 
-def _step(dots, xn, yn, t, a, smin, jmin, l, l2, offset, kind, p, q, use_ext: bool):
+def _step(dots, xn, yn, t, a, mmin, jmin, l, l2, offset, kind, p, q, use_ext: bool):
     if use_ext and dispatch.has_C():
-        return torch.ops.fastflow.field_step_(dots, xn, yn, t, a, smin, jmin, l, l2, offset, kind, p, q)
-    return online_step_torch(dots, xn, yn, t, a, smin, jmin, l, l2, offset, kind, p, q)
+        return torch.ops.fastflow.field_step_(dots, xn, yn, t, a, mmin, jmin, l, l2, offset, kind, p, q)
+    return online_step_torch(dots, xn, yn, t, a, mmin, jmin, l, l2, offset, kind, p, q)
 
 
 def exact_log_norm(x, ref, t, a, jmin, l, kind, p, q, *, traced=False):
@@ -95,7 +99,7 @@ def field_torch(x, ref, t, a, kind, p, q, *, precision="ieee", chunk_size=None, 
     xc = x.to(cdt) - a[:, None] * c if centre else x.to(cdt)
     xn = torch.linalg.vector_norm(xc, dim=1).square_()
     acc = None  # (B, d) running weighted sum, created by the first chunk's GEMM (no zero-fill pass)
-    smin = torch.full((B,), float("inf"), dtype=cdt, device=x.device)
+    mmin = torch.full((B,), float("inf"), dtype=cdt, device=x.device)
     jmin = torch.zeros(B, dtype=torch.int64, device=x.device)
     l = torch.zeros(B, dtype=cdt, device=x.device)
     l2 = torch.zeros(B, dtype=cdt, device=x.device)
@@ -112,7 +116,7 @@ def field_torch(x, ref, t, a, kind, p, q, *, precision="ieee", chunk_size=None, 
                 yn = yn_raw[start:start + C]
             yq = yc.to(mm_dtype)
             dots = torch.mm(xq, yq.t()).to(cdt)
-            alpha = _step(dots, xn, yn, t, a, smin, jmin, l, l2, start, kind, p, q, use_ext)
+            alpha = _step(dots, xn, yn, t, a, mmin, jmin, l, l2, start, kind, p, q, use_ext)
             wsum = torch.mm(dots.to(mm_dtype), yq).to(cdt) if mm_dtype != cdt else None
             if acc is None:
                 acc = wsum if wsum is not None else torch.mm(dots, yc)

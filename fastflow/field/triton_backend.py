@@ -25,7 +25,7 @@ from triton.runtime.jit import JITFunction
 
 from .._core import config
 from ..kernels.field import _field_logits_kernel, _field_wsum_kernel
-from .logweights import rel_log_weight
+from .logweights import gap_log_weight, split_distance
 from .torch_backend import exact_log_norm
 
 #: Tile sizes. On a GPU the IEEE-fp32 dot runs on the FMA units; 64x64 output tiles with 32-wide k steps
@@ -83,7 +83,8 @@ def _field_triton_op(x: torch.Tensor, ref: torch.Tensor, t: torch.Tensor, a: tor
     lp = torch.empty_like(sp)
     l2p = torch.empty_like(sp)
     out = torch.zeros(B, d, dtype=f32, device=dev)
-    smin = torch.full((B,), float("inf"), dtype=f32, device=dev)
+    xn = torch.empty(B, dtype=f32, device=dev)  # ||x_i - a_i c||^2, written by the logits kernel
+    mmin = torch.full((B,), float("inf"), dtype=f32, device=dev)
     jmin = torch.zeros(B, dtype=torch.int64, device=dev)
     l = torch.zeros(B, dtype=f32, device=dev)
     l2 = torch.zeros(B, dtype=f32, device=dev)
@@ -96,23 +97,25 @@ def _field_triton_op(x: torch.Tensor, ref: torch.Tensor, t: torch.Tensor, a: tor
         n = y.shape[0]
         nt = triton.cdiv(n, BN)
         logits_kernel[(triton.cdiv(B, BM), nt)](
-            x, y, c, t, a, rel, sp, jp, lp, l2p,
+            x, y, c, t, a, rel, xn, sp, jp, lp, l2p,
             B, n, d, x.stride(0), y.stride(0), rel.stride(0), sp.stride(0),
             float(p), float(q),
             KIND=kind, PRECISION=precision, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, **launch)
         # merge the per-tile partial stats into the running ones (B x n_tiles, negligible)
-        st, lt, l2t = sp.narrow(1, 0, nt), lp.narrow(1, 0, nt), l2p.narrow(1, 0, nt)
-        s_chunk, tile = st.min(dim=1)
-        s_new = torch.minimum(smin, s_chunk)
+        mt, lt, l2t = sp.narrow(1, 0, nt), lp.narrow(1, 0, nt), l2p.narrow(1, 0, nt)
+        m_chunk, tile = mt.min(dim=1)
+        m_new = torch.minimum(mmin, m_chunk)
         j_chunk = jp.narrow(1, 0, nt).gather(1, tile.unsqueeze(1)).squeeze(1).long() + start
-        jmin = torch.where(s_chunk < smin, j_chunk, jmin)
-        alpha = torch.where(torch.isinf(smin), torch.zeros_like(smin),
-                            torch.exp(rel_log_weight(smin, s_new, t, kind, p, q)))
-        shift = rel_log_weight(st, s_new.unsqueeze(1), t.unsqueeze(1), kind, p, q).contiguous()
+        jmin = torch.where(m_chunk < mmin, j_chunk, jmin)
+        g_old, s0 = split_distance(xn, mmin, m_new)
+        alpha = torch.where(torch.isinf(mmin), torch.zeros_like(mmin),
+                            torch.exp(gap_log_weight(g_old, s0, t, kind, p, q)))
+        g_tile, _ = split_distance(xn.unsqueeze(1), mt, m_new.unsqueeze(1))
+        shift = gap_log_weight(g_tile, s0.unsqueeze(1), t.unsqueeze(1), kind, p, q).contiguous()
         r = torch.exp(shift)
         l = l * alpha + (lt * r).sum(dim=1)
         l2 = l2 * alpha * alpha + (l2t * r * r).sum(dim=1)
-        smin = s_new
+        mmin = m_new
         wsum_kernel[(triton.cdiv(B, BM), triton.cdiv(d, BD))](
             rel, shift, alpha, y, out, B, n, d, rel.stride(0), shift.stride(0), y.stride(0), out.stride(0),
             PRECISION=precision, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD, **launch)
