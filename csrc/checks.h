@@ -60,11 +60,12 @@ inline void check_field_step_args(const at::Tensor& dots, const at::Tensor& xn, 
 namespace fastflow {
 
 // fastflow::draw_: out (n, d) float32/float64 contiguous; x0 (n, d) of out's dtype, contiguous, not overlapping
-// out (or absent); a and scale (n,) float64 contiguous; everything on out's device. The Philox counter words are
+// out (or absent); a and scale (n,) float64 contiguous; seed a (1,) int64 tensor; everything on out's device. The Philox counter words are
 // 32 bits: n <= 2^32 rows, d <= 2^34 (4 elements per counter), 0 <= offset < 2^32. radius_kind in 0..3;
 // kind 1 needs a finite D = radius_param > 0 (any real D: see inverse_chi in draw_math.h).
 inline void check_draw_args(const at::Tensor& out, const std::optional<at::Tensor>& x0, const at::Tensor& a,
-                            const at::Tensor& scale, int64_t offset, int64_t radius_kind, double radius_param) {
+                            const at::Tensor& scale, const at::Tensor& seed, int64_t offset, int64_t radius_kind,
+                            double radius_param) {
   TORCH_CHECK(out.dim() == 2, "fastflow::draw_: out must be 2-D (n, d); got shape ", out.sizes());
   TORCH_CHECK(out.scalar_type() == at::kFloat || out.scalar_type() == at::kDouble,
               "fastflow::draw_: out must be float32 or float64; got ", out.scalar_type());
@@ -83,6 +84,11 @@ inline void check_draw_args(const at::Tensor& out, const std::optional<at::Tenso
                 "fastflow::draw_: radius_kind 1 draws 1 / ||h|| with h ~ N(0, I_D), so D = radius_param must be a "
                 "finite number > 0; got ", radius_param);
   }
+  TORCH_CHECK(seed.scalar_type() == at::kLong && seed.numel() == 1,
+              "fastflow::draw_: seed must be a one-element int64 tensor (the Philox key); got dtype ",
+              seed.scalar_type(), " and shape ", seed.sizes());
+  TORCH_CHECK(seed.device() == out.device(), "fastflow::draw_: seed must be on the device of out (", out.device(),
+              "), where the kernel reads it; got ", seed.device());
   struct Vec {
     const char* name;
     const at::Tensor& tensor;

@@ -193,13 +193,16 @@ void draw_cpu_kernel(const at::Tensor& out, const std::optional<at::Tensor>& x0,
 
 // CPU implementation of the schema in fastflow.cpp: fills out in place.
 void draw_cpu(const at::Tensor& out, const std::optional<at::Tensor>& x0, const at::Tensor& a,
-              const at::Tensor& scale, int64_t seed, int64_t offset, int64_t radius_kind, double radius_param) {
-  check_draw_args(out, x0, a, scale, offset, radius_kind, radius_param);
+              const at::Tensor& scale, const at::Tensor& seed, int64_t offset, int64_t radius_kind,
+              double radius_param) {
+  check_draw_args(out, x0, a, scale, seed, offset, radius_kind, radius_param);
   TORCH_CHECK(out.device().is_cpu(), "fastflow::draw_ (CPU kernel): tensors must be on the CPU; got ",
               out.device());
   if (out.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "fastflow::draw_", [&] {
-    draw_cpu_kernel<scalar_t>(out, x0, a, scale, static_cast<uint64_t>(seed), static_cast<uint32_t>(offset),
+    // on the CPU the key is a load from the tensor's memory (no device to wait for)
+    const uint64_t key = static_cast<uint64_t>(*seed.const_data_ptr<int64_t>());
+    draw_cpu_kernel<scalar_t>(out, x0, a, scale, key, static_cast<uint32_t>(offset),
                               static_cast<int>(radius_kind), radius_param);
   });
 }

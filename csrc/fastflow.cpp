@@ -24,11 +24,12 @@ TORCH_LIBRARY(fastflow, m) {
       "field_step_(Tensor(a!) dots, Tensor xn, Tensor yn, Tensor t, Tensor a, Tensor(b!) mmin, Tensor(c!) jmin, "
       "Tensor(d!) l, Tensor(e!) l2, int offset, int kind, float p, float q) -> Tensor");
   // The fused sampler (draw.cpp, cuda/draw.cu): for each row i of out (n, d), out_i = a_i x0_i + scale_i rho_i g_i
-  // (x0 absent: scale_i rho_i g_i), g_i ~ N(0, I_d) from Philox4x32-10 with key `seed` and counter
+  // (x0 absent: scale_i rho_i g_i), g_i ~ N(0, I_d) from Philox4x32-10 with key `seed` (a (1,) int64 tensor on
+  // out's device, read by the kernel there, so drawing the key from a generator never stalls the host) and counter
   // (element group, row, offset, stream); rho_i by radius_kind: 0: 1; 1: 1/||h||, h ~ N(0, I_D), D = radius_param;
   // 2: atanh(U)/||g||; 3: -log1p(-U)/||g||. a and scale (n,) float64.
   m.def(
-      "draw_(Tensor(a!) out, Tensor? x0, Tensor a, Tensor scale, int seed, int offset, int radius_kind, "
+      "draw_(Tensor(a!) out, Tensor? x0, Tensor a, Tensor scale, Tensor seed, int offset, int radius_kind, "
       "float radius_param) -> ()");
   // The fused step updates of the Runge-Kutta solvers (rk_step.cpp; specification in
   // fastflow/ode/step_reference.py), one pass over the stages K (S, B, d) each; h (B,) float64.

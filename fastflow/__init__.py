@@ -9,6 +9,7 @@ The public names are below; README.md has a tour and docs/ the mathematics and t
 from . import distributed, pfgm
 from ._core import ops as _ops  # noqa: F401  (fake implementations of the compiled ops, when the extension is built)
 from ._core.loader import backends
+from ._core.validate import get_validate_args, set_validate_args
 from .families import Family, Gaussian, Poisson, RadialCDF, RectifiedFlow
 from .field import FieldStats
 from .likelihood import LikelihoodResult, log_likelihood
@@ -20,7 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Family", "Poisson", "Gaussian", "RadialCDF", "RectifiedFlow", "FieldStats",
-    "pfgm", "pfgmpp_target", "stf_target", "backends", "distributed",
+    "pfgm", "pfgmpp_target", "stf_target", "backends", "distributed", "set_validate_args", "get_validate_args",
     "odeint", "ODEResult",
     "log_likelihood", "LikelihoodResult",
     "edm_sample", "edm_sigmas", "flow_sample", "family_sample", "Oracle", "SampleResult", "straightness",

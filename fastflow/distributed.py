@@ -22,10 +22,12 @@ import torch
 
 from ._core import validate as V
 
+__all__ = ["gather_reference"]
+
 _DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
 
-def gather_reference(ref: torch.Tensor, group=None) -> torch.Tensor:
+def gather_reference(ref: torch.Tensor, group: torch.distributed.ProcessGroup | None = None) -> torch.Tensor:
     """Concatenate every rank's reference rows, in rank order.
 
     Args:

@@ -9,8 +9,9 @@ the same output on that device.
 
 :func:`draw_fused` draws the whole a_t * x0 + b * rho * g in one pass with the compiled op
 ``torch.ops.fastflow.draw_`` (Philox4x32-10, csrc/philox.h), keyed by one 63-bit integer drawn from the
-generator; :func:`draw` uses it where :func:`can_draw_fused` allows, and the pieces otherwise (the pure-torch
-path, also forced by ``FASTFLOW_DISABLE_C=1``). The two paths draw the same laws but not the same numbers.
+generator into a device tensor (the kernel reads it there: no host read); :func:`draw` uses it where
+:func:`can_draw_fused` allows, and the pieces otherwise (the pure-torch path, also forced by
+``FASTFLOW_DISABLE_C=1``). The two paths draw the same laws but not the same numbers.
 
 What holds across devices for the fused op: the same seed gives bitwise the same Philox words and uniforms on
 the CPU (any number of threads, any x86 SIMD width) and on CUDA; the Gaussians then differ by the last ulp or two
@@ -63,22 +64,19 @@ def nonzero_normal(n: int, d: int, *, generator, device, dtype) -> tuple[torch.T
     """
     g = normal(n, d, generator=generator, device=device, dtype=dtype)
     norm = torch.linalg.vector_norm(g, dim=1)
-    # Redraw all-zero rows: torch's Box-Muller returns an exact 0 when its uniform hits 0 (2^-24 per float32
-    # entry on the CPU), so at d = 1 about one row in 17 million would otherwise give the direction 0/0.
-    # The check is one device sync per call; the fused sampler will not need it.
-    if V.compiling():
-        # a graph cannot loop on data: nudge the (2^-24-rare) zero rows to e_1 instead of redrawing them, so the
-        # direction stays defined; the law changes by less than one part in 10^7 per float32 row at d = 1
-        zero = (norm == 0).to(g.dtype)
-        g = g.clone()
-        g[:, 0] += zero
-        return g, norm + zero
-    bad = norm == 0
-    while bool(bad.any()):
-        g[bad] = normal(int(bad.sum()), d, generator=generator, device=device, dtype=dtype)
-        norm = torch.linalg.vector_norm(g, dim=1)
-        bad = norm == 0
-    return g, norm
+    # An all-zero row would give the direction 0/0: torch's Box-Muller returns an exact 0 when its uniform hits 0
+    # (2^-24 per float32 entry on the CPU), so at d = 1 about one row in 17 million is zero. Without a host read
+    # (a loop "while a row is zero" would be one, a stall on a GPU): for d <= 2 such rows take the row of a second
+    # draw, an exact redraw; a row zero in both (2^-48 at d = 1), or any zero row for d >= 3 (< 2^-72), is nudged
+    # to e_1, which changes the law by less than that probability.
+    if d <= 2:
+        backup = normal(n, d, generator=generator, device=device, dtype=dtype)
+        zero = (norm == 0)[:, None]
+        g = torch.where(zero, backup, g)
+        norm = torch.where(zero[:, 0], torch.linalg.vector_norm(backup, dim=1), norm)
+    zero = (norm == 0).to(g.dtype)
+    g[:, 0] += zero
+    return g, norm + zero
 
 
 def uniform(n: int, *, generator, device) -> torch.Tensor:
@@ -115,11 +113,10 @@ def can_draw_fused(device: torch.device, dtype: torch.dtype, radius_kind: int, r
     """Whether :func:`draw_fused` can draw on ``device`` in ``dtype`` (the draw dtype: float32 or float64).
 
     Needs the compiled extension (``fastflow._C``; not disabled by FASTFLOW_DISABLE_C=1) with a kernel for the
-    device (CPU always, CUDA when built with nvcc), and for RADIUS_CHI a finite D > 0. False while torch.compile
-    traces: the op's Philox key comes from the generator through a host read, which a graph cannot hold, so a
-    compiled draw takes the pure-torch path (the same law, another random stream).
+    device (CPU always, CUDA when built with nvcc), and for RADIUS_CHI a finite D > 0. torch.compile traces it
+    too: the op's Philox key is a device tensor drawn in the graph, so a compiled draw gives the eager numbers.
     """
-    if dtype not in (torch.float32, torch.float64) or not loader.has_C() or V.compiling():
+    if dtype not in (torch.float32, torch.float64) or not loader.has_C():
         return False
     if device.type == "cuda":
         if not loader.has_C_cuda():
@@ -132,13 +129,14 @@ def can_draw_fused(device: torch.device, dtype: torch.dtype, radius_kind: int, r
     return radius_kind in (RADIUS_ONE, RADIUS_TANH, RADIUS_EXP)
 
 
-def philox_seed(generator, device) -> int:
-    """One 63-bit key for the Philox op, drawn from ``generator`` (None: ``device``'s default generator).
+def philox_seed(generator, device) -> torch.Tensor:
+    """One 63-bit key for the Philox op, drawn from ``generator`` (None: ``device``'s default generator), as a (1,)
+    int64 tensor on ``device``: the op's kernel reads it there, so the host never waits for it.
 
     Drawing it advances the generator, so consecutive calls get different keys and a re-seeded generator the same
-    ones. On CUDA this is one device-to-host copy (a sync) per call.
+    ones.
     """
-    return int(torch.randint(0, (1 << 63) - 1, (1,), generator=generator, device=device, dtype=torch.int64))
+    return torch.randint(0, (1 << 63) - 1, (1,), generator=generator, device=device, dtype=torch.int64)
 
 
 def draw_fused(x0, a, scale, n: int, d: int, *, radius_kind: int, radius_param: float = 0.0, generator, device,
@@ -230,10 +228,9 @@ def draw(x0, a, b, n: int, d: int, radius: Radius, *, generator, device, dtype) 
 def finish(x: torch.Tensor, dtype: torch.dtype, shape, what: str) -> torch.Tensor:
     """Round once to ``dtype``, refusing inf (heavy tails overflow float16 at 65504), and reshape."""
     out = x.to(dtype)
-    if not V.all_finite(out):
-        raise FloatingPointError(
-            f"{what}: the draw overflows {dtype} (a heavy-tailed radius beyond its range); draw in float32 or "
-            "float64")
+    V.require_finite(out, lambda: FloatingPointError(
+        f"{what}: the draw overflows {dtype} (a heavy-tailed radius beyond its range); draw in float32 or "
+        "float64"))
     return out.reshape(shape)
 
 

@@ -24,6 +24,8 @@ from . import draws
 from . import field as _field
 from ._core import nvtx
 from ._core import validate as V
+from ._core.types import DeviceLike, LogWeight, Shape, Time
+from .field import FieldStats
 from .field import logweights as LW
 
 __all__ = ["Family", "Poisson", "Gaussian", "RadialCDF", "RectifiedFlow"]
@@ -43,7 +45,7 @@ class Family:
         """(kind, p, q) of :mod:`fastflow.field.logweights` for dimension d."""
         raise NotImplementedError
 
-    def reference_log_weight(self, d: int):
+    def reference_log_weight(self, d: int) -> LogWeight:
         """The log-weight written straight from the formula, as f(r2, t); used by the reference backend."""
         raise NotImplementedError
 
@@ -58,7 +60,8 @@ class Family:
     # -- the public methods ----------------------------------------------------------------------------------------
 
     @nvtx.annotate("fastflow.family.perturb")
-    def perturb(self, x0: torch.Tensor, t, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    @V.checked
+    def perturb(self, x0: torch.Tensor, t: Time, *, generator: torch.Generator | None = None) -> torch.Tensor:
         """A draw x_t ~ p_t(. | x0) for each row: x_t = a_t x0 + t rho g, g ~ N(0, I_d).
 
         Poisson(D): rho = 1 / ||h||, h ~ N(0, I_D).  Gaussian: rho = 1.  RadialCDF: rho g = Psi^{-1}(U) g / ||g||.
@@ -75,8 +78,9 @@ class Family:
         return draws.perturb(self, x0, t, generator=generator)
 
     @nvtx.annotate("fastflow.family.prior")
-    def prior(self, n: int, shape, *, T, generator: torch.Generator | None = None, device=None,
-              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    @V.checked
+    def prior(self, n: int, shape: Shape, *, T: Time, generator: torch.Generator | None = None,
+              device: DeviceLike = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """n draws of x_T from the prior: T rho g, the perturbation at t = T without the data term.
 
         Poisson(D): multivariate Student-t (nu = D, scale T / sqrt(D)); D = 1 is PFGM's multivariate Cauchy.
@@ -96,8 +100,10 @@ class Family:
         return draws.prior(self, n, shape, T=T, generator=generator, device=device, dtype=dtype)
 
     @nvtx.annotate("fastflow.family.posterior_mean")
-    def posterior_mean(self, x, t, ref, *, return_stats: bool = False, backend: str | None = None,
-                       precision: str = "ieee", chunk_size: int | None = None):
+    @V.checked
+    def posterior_mean(self, x: torch.Tensor, t: Time, ref: torch.Tensor, *, return_stats: bool = False,
+                       backend: str | None = None, precision: str = "ieee",
+                       chunk_size: int | None = None) -> torch.Tensor | tuple[torch.Tensor, FieldStats]:
         """xbar = sum_j softmax_j(l(||x - a_t ref_j||^2, t)) ref_j = E[x0 | x_t = x] under the empirical data.
 
         Args:
@@ -118,8 +124,9 @@ class Family:
         return (out, res.stats) if return_stats else out
 
     @nvtx.annotate("fastflow.family.velocity")
-    def velocity(self, x, t, ref, *, backend: str | None = None, precision: str = "ieee",
-                 chunk_size: int | None = None) -> torch.Tensor:
+    @V.checked
+    def velocity(self, x: torch.Tensor, t: Time, ref: torch.Tensor, *, backend: str | None = None,
+                 precision: str = "ieee", chunk_size: int | None = None) -> torch.Tensor:
         """Exact empirical velocity dx/dt = (x - xbar(x, t)) / t of this family's ODE.
 
         Args and backends as :meth:`posterior_mean`. Returns (B, *shape) in x's dtype.
@@ -142,10 +149,10 @@ class Poisson(Family):
     def __repr__(self):
         return f"Poisson(D={self.D})"
 
-    def weight_params(self, d):
+    def weight_params(self, d: int) -> tuple[int, float, float]:
         return LW.POISSON, (d + self.D) / 2.0, 0.0
 
-    def reference_log_weight(self, d):
+    def reference_log_weight(self, d: int) -> LogWeight:
         D = self.D
         # log(t^2 + r^2) as logaddexp(2 log t, log r^2): t^2 under- or overflows long before the log does
         return lambda r2, t: -(d + D) / 2.0 * torch.logaddexp(2.0 * torch.log(t), torch.log(r2))
@@ -157,10 +164,10 @@ class Gaussian(Family):
     def __repr__(self):
         return "Gaussian()"
 
-    def weight_params(self, d):
+    def weight_params(self, d: int) -> tuple[int, float, float]:
         return LW.GAUSSIAN, 0.5, 0.0
 
-    def reference_log_weight(self, d):
+    def reference_log_weight(self, d: int) -> LogWeight:
         return lambda r2, t: -0.5 * (r2 / t) / t  # not r2 / t^2: t^2 underflows at t = 1e-30 in float32
 
 
@@ -185,10 +192,10 @@ class RadialCDF(Family):
     def __repr__(self):
         return f"RadialCDF({self.name!r})"
 
-    def weight_params(self, d):
+    def weight_params(self, d: int) -> tuple[int, float, float]:
         return (LW.TANH if self.name == "tanh" else LW.EXP), 0.0, (d - 1) / 2.0
 
-    def reference_log_weight(self, d):
+    def reference_log_weight(self, d: int) -> LogWeight:
         log_dpsi = self._LOG_DPSI[self.name]
 
         def f(r2, t):
@@ -211,15 +218,15 @@ class RectifiedFlow(Family):
     def __repr__(self):
         return "RectifiedFlow()"
 
-    def path_scale(self, t):
+    def path_scale(self, t: torch.Tensor) -> torch.Tensor:
         return 1.0 - t
 
-    def prior_scale(self, T):
+    def prior_scale(self, T: torch.Tensor) -> torch.Tensor:
         # the prior is x_1 = eps ~ N(0, I), whatever T
         return torch.ones_like(T)
 
-    def weight_params(self, d):
+    def weight_params(self, d: int) -> tuple[int, float, float]:
         return LW.GAUSSIAN, 0.5, 0.0
 
-    def reference_log_weight(self, d):
+    def reference_log_weight(self, d: int) -> LogWeight:
         return lambda r2, t: -0.5 * (r2 / t) / t  # not r2 / t^2: t^2 underflows at t = 1e-30 in float32

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 
 import torch
 
@@ -19,12 +20,17 @@ from . import draws as S
 from ._core import nvtx
 from ._core import validate as V
 from ._core.dispatch import compute_dtype
+from ._core.types import DeviceLike, Shape, Time
 from .families import Poisson
 from .field import evaluate
+from .ode import StepInfo
+from .samplers import SampleResult
 
 
 @nvtx.annotate("fastflow.pfgm.target")
-def target(x, z, ref, *, gamma: float = 5.0, backend=None, precision="ieee", chunk_size=None):
+@V.checked
+def target(x: torch.Tensor, z: Time, ref: torch.Tensor, *, gamma: float = 5.0, backend: str | None = None,
+           precision: str = "ieee", chunk_size: int | None = None) -> torch.Tensor:
     """PFGM's normalised empirical Poisson field: sqrt(d) * E / (||E|| + gamma), with E = (xbar - x, -z).
 
     E is the field of the augmented points y = (x, z) from the sources (ref_j, 0) with weights
@@ -59,7 +65,8 @@ RESTRICT_FRACTION = 0.7
 
 
 @nvtx.annotate("fastflow.pfgm.perturb")
-def perturb(x0, *, M: float = 291, tau: float = 0.03, sigma_end: float = 0.01, restrict_M: bool = True,
+@V.checked
+def perturb(x0: torch.Tensor, *, M: float = 291, tau: float = 0.03, sigma_end: float = 0.01, restrict_M: bool = True,
             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """PFGM's training perturbation (official ``forward_pz``): x = x0 + (1+tau)^m eps, z = (1+tau)^m |s| sigma_end.
 
@@ -104,17 +111,19 @@ def perturb(x0, *, M: float = 291, tau: float = 0.03, sigma_end: float = 0.01, r
     cdt = compute_dtype(x0.dtype)
     zz = (z * mult).to(cdt).clamp_min_(torch.finfo(cdt).tiny)
     out = x.to(x0.dtype)
-    if not (V.all_finite(zz) and V.all_finite(out)):
-        raise FloatingPointError(
+    for v in (zz, out):
+        V.require_finite(v, lambda v=v: FloatingPointError(
             f"pfgm.perturb: the noise scale (1 + tau)^m with m up to M = {M:g}, tau = {tau:g} reaches "
-            f"e^{M * math.log1p(tau):.4g}, which overflows {out.dtype if not V.all_finite(out) else cdt}: lower M "
-            "or tau (the official CIFAR-10 values are M = 291, tau = 0.03), or draw in float32 / float64")
+            f"e^{M * math.log1p(tau):.4g}, which overflows {v.dtype}: lower M or tau (the official CIFAR-10 values "
+            "are M = 291, tau = 0.03), or draw in float32 / float64"))
     return out.reshape(x0.shape), zz
 
 
 @nvtx.annotate("fastflow.pfgm.prior")
-def prior(n: int, shape, *, z_max, upper_norm: float | None = None, generator: torch.Generator | None = None,
-          device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+@V.checked
+def prior(n: int, shape: Shape, *, z_max: Time, upper_norm: float | None = None,
+          generator: torch.Generator | None = None, device: DeviceLike = None,
+          dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Points on the plane z = z_max: radius r = z_max ||g|| / |s| in a uniform direction (docs/math.md).
 
     (r / z_max)^2 = ||g||^2 / s^2 ~ BetaPrime(d/2, 1/2), i.e. r = z_max sqrt(u / (1-u)) with u ~ Beta(d/2, 1/2)
@@ -152,9 +161,9 @@ def prior(n: int, shape, *, z_max, upper_norm: float | None = None, generator: t
         g, norm = S.nonzero_normal(n, d, generator=generator, device=device, dtype=ddt)
         r = (zz * norm / s).clamp_(1.0, upper_norm)
         out = g.mul_((r / norm).to(ddt)[:, None]).to(dtype)
-    if not V.all_finite(out):
-        raise FloatingPointError(f"pfgm.prior: the draw overflows {dtype} (a heavy-tailed radius beyond its "
-                                 "range); draw in float32 or float64, or pass upper_norm")
+    V.require_finite(out, lambda: FloatingPointError(
+        f"pfgm.prior: the draw overflows {dtype} (a heavy-tailed radius beyond its range); draw in float32 or "
+        "float64, or pass upper_norm"))
     return out.reshape((n,) + shape)
 
 
@@ -166,7 +175,7 @@ def _average_norm(data: torch.Tensor, chunk: int = 4096) -> float:
     return total / flat.shape[0]
 
 
-def hyperparameters(data, *, tau: float = 0.03, sigma: float = 0.01) -> dict:
+def hyperparameters(data: torch.Tensor, *, tau: float = 0.03, sigma: float = 0.01) -> dict:
     """PFGM's M, z_max and upper_norm for a dataset (official ``hyper-parameters.py``; docs/math.md).
 
     M = int(0.75 ln(r^2 / (2 sqrt(d) sigma^2)) / ln(1 + tau)) + 1;  z_max = sqrt(2/pi) sigma (1+tau)^M;
@@ -220,9 +229,11 @@ def _split_field(out, B: int, shape: tuple, d: int):
 
 
 @nvtx.annotate("fastflow.pfgm.sample")
-def sample(net_fn, x_init, *, z_max, z_min: float = 1e-3, method: str = "dopri5", rtol: float = 1e-4,
+def sample(net_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | tuple[torch.Tensor, torch.Tensor]],
+           x_init: torch.Tensor, *, z_max: Time, z_min: float = 1e-3, method: str = "dopri5", rtol: float = 1e-4,
            atol: float = 1e-4, steps: int | None = None, z_exp: float | None = None, gamma: float = 5.0,
-           vz_max: float = -1e-5, max_steps: int = 10_000, callback=None, progress: bool = False):
+           vz_max: float = -1e-5, max_steps: int = 10_000, callback: Callable[[StepInfo], object] | None = None,
+           progress: bool = False) -> SampleResult:
     """PFGM's sampler: dx/dz = v_x / v_z backward from z_max to z_min, in t' = log z (docs/math.md).
 
     dx/dt' = z v_x / v_z, solved by :func:`fastflow.odeint` with each sample on its own clock and step size (the
@@ -250,7 +261,6 @@ def sample(net_fn, x_init, *, z_max, z_min: float = 1e-3, method: str = "dopri5"
         :class:`fastflow.samplers.SampleResult`: x (B, *shape), nfe (B,), success (B,), t (B,) = log z reached.
     """
     from .ode import odeint
-    from .samplers import SampleResult
 
     if not callable(net_fn):
         raise TypeError(f"net_fn must be callable as net_fn(x, z), got {type(net_fn).__name__}")

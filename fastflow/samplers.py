@@ -19,7 +19,9 @@ import torch
 from ._core import nvtx
 from ._core import validate as V
 from ._core.progress import bar as progress_bar
-from .ode import ODEResult, odeint
+from ._core.types import DeviceLike
+from .families import Family
+from .ode import ODEResult, StepInfo, odeint
 
 __all__ = ["SampleResult", "edm_sigmas", "edm_sample", "flow_sample", "family_sample", "Oracle", "straightness"]
 
@@ -42,7 +44,7 @@ class SampleResult:
 
 
 def edm_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, *,
-               dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
+               dtype: torch.dtype = torch.float64, device: DeviceLike = None) -> torch.Tensor:
     """EDM's noise levels (Karras et al. 2022, eq. 5), with the final 0 appended.
 
     sigma_i = (sigma_max^(1/rho) + i / (steps - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, i < steps;
@@ -150,8 +152,6 @@ def edm_sample(denoiser: Callable, x_init: torch.Tensor, *, sigma_min: float = 0
 
 
 def _check_family(name: str, family) -> None:
-    from .families import Family
-
     if not isinstance(family, Family):
         hint = (f"; a name such as {family!r} is not accepted, pass an instance, e.g. fastflow.Gaussian()"
                 if isinstance(family, str) else "")
@@ -166,7 +166,8 @@ def _from_ode(res: ODEResult) -> SampleResult:
 @nvtx.annotate("fastflow.flow_sample")
 def flow_sample(velocity: Callable, x_init: torch.Tensor, *, t_start: float = 1.0, t_end: float = 0.0,
                 method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
-                max_steps: int = 10_000, callback=None, progress: bool = False) -> SampleResult:
+                max_steps: int = 10_000, callback: Callable[[StepInfo], object] | None = None,
+                progress: bool = False) -> SampleResult:
     """A velocity model integrated from noise (t = 1) to data (t = 0): rectified flow / flow matching.
 
     dx/dt = v(x, t) with x_t = (1 - t) x0 + t eps (fastflow.RectifiedFlow's convention: noise at t = 1), solved
@@ -203,7 +204,7 @@ class Oracle:
         calls: evaluations so far; rows: total rows evaluated (sum over calls of the batch size).
     """
 
-    def __init__(self, family, ref: torch.Tensor, *, backend=None, precision: str = "ieee"):
+    def __init__(self, family: Family, ref: torch.Tensor, *, backend: str | None = None, precision: str = "ieee"):
         _check_family("family", family)
         self.family = family
         self.ref = V.tensor("ref", ref)
@@ -228,10 +229,10 @@ class Oracle:
 
 
 @nvtx.annotate("fastflow.family_sample")
-def family_sample(family, ref: torch.Tensor, n: int, *, T: float, t_min: float, method: str = "dopri5",
+def family_sample(family: Family, ref: torch.Tensor, n: int, *, T: float, t_min: float, method: str = "dopri5",
                   rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None, max_steps: int = 10_000,
                   generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64,
-                  callback=None, progress: bool = False) -> SampleResult:
+                  callback: Callable[[StepInfo], object] | None = None, progress: bool = False) -> SampleResult:
     """n samples of a family's exact empirical ODE: x_T ~ ``family.prior`` at T, integrated to t_min.
 
     The samples land on the reference points (within ~t_min): this checks prior, field and solver together,

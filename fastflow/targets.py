@@ -7,6 +7,7 @@ import torch
 
 from ._core import nvtx
 from ._core import validate as V
+from ._core.types import Time
 from .families import Gaussian, Poisson
 from .field import evaluate
 
@@ -20,7 +21,9 @@ def _sigma(sigma, x):
 
 
 @nvtx.annotate("fastflow.pfgmpp_target")
-def pfgmpp_target(x, sigma, ref, *, D, backend=None, precision="ieee", chunk_size=None) -> torch.Tensor:
+@V.checked
+def pfgmpp_target(x: torch.Tensor, sigma: Time, ref: torch.Tensor, *, D: float, backend: str | None = None,
+                  precision: str = "ieee", chunk_size: int | None = None) -> torch.Tensor:
     """PFGM++ target: the posterior mean xbar under Poisson(D) weights at radius r = sigma * sqrt(D).
 
     Args:
@@ -36,7 +39,9 @@ def pfgmpp_target(x, sigma, ref, *, D, backend=None, precision="ieee", chunk_siz
 
 
 @nvtx.annotate("fastflow.stf_target")
-def stf_target(x, sigma, ref, *, backend=None, precision="ieee", chunk_size=None) -> torch.Tensor:
+@V.checked
+def stf_target(x: torch.Tensor, sigma: Time, ref: torch.Tensor, *, backend: str | None = None,
+               precision: str = "ieee", chunk_size: int | None = None) -> torch.Tensor:
     """STF target: the posterior mean xbar under Gaussian weights exp(-||x - ref_j||^2 / (2 sigma^2)).
 
     Args:

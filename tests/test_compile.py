@@ -65,9 +65,9 @@ def test_posterior_mean_stats_fullgraph(data):
 @pytest.mark.parametrize("family", [fastflow.Gaussian(), fastflow.Poisson(D=1), fastflow.Poisson(D=128),
                                     fastflow.RadialCDF("exp")], ids=repr)
 def test_draws_fullgraph(family):
-    """perturb and prior trace (pure-torch draws) and keep their law: the squared radius of prior / T over d
-    has the family's mean (Gaussian: 1; Poisson(D): E 1/||h||^2 = 1/(D-2) for D > 2, h ~ N(0, I_D); checked only
-    where it is finite)."""
+    """perturb and prior trace (the fused op where built, else the pure-torch pieces) and keep their law: the
+    squared radius of prior / T over d has the family's mean (Gaussian: 1; Poisson(D): E 1/||h||^2 = 1/(D-2) for
+    D > 2, h ~ N(0, I_D); checked only where it is finite)."""
     torch._dynamo.reset()
     n, d = 20000, 8
     prior = torch.compile(lambda: family.prior(n, (d,), T=2.0, device=DEVICE), fullgraph=True, backend="aot_eager")
@@ -81,6 +81,23 @@ def test_draws_fullgraph(family):
         assert ms == pytest.approx(1.0, rel=0.03)
     elif isinstance(family, fastflow.Poisson) and family.D > 2:
         assert ms == pytest.approx(1 / (family.D - 2), rel=0.03)
+
+
+@pytest.mark.skipif(not fastflow.draws.can_draw_fused(torch.device(DEVICE), torch.float32, 0),
+                    reason="needs the fused draw (fastflow._C)")
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_fused_draws_trace_with_the_eager_numbers(backend):
+    """The fused op's Philox key is a device tensor (no host read), so the traced draw is the eager one, bitwise."""
+    torch._dynamo.reset()
+    fam = fastflow.Poisson(D=1)
+    x0 = torch.randn(6, 5, device=DEVICE)
+    for fn, args in ((lambda: fam.prior(6, (5,), T=2.0, device=DEVICE), ()), (lambda a: fam.perturb(a, 0.5), (x0,))):
+        torch.manual_seed(3)
+        want = fn(*args)
+        torch.manual_seed(3)
+        with torch._inductor.config.patch(fallback_random=True):  # inductor's own RNG would draw another key
+            got = torch.compile(fn, fullgraph=True, backend=backend)(*args)
+        assert torch.equal(got, want)
 
 
 def test_pfgm_draws_fullgraph():

@@ -125,10 +125,15 @@ def reference(n, d, seed, offset, kind, param, x0=None, a=None, scale=None, dtyp
     return out
 
 
+def key(seed, device="cpu"):
+    """The op's Philox key: a (1,) int64 tensor on the device it draws on."""
+    return torch.tensor([seed], dtype=torch.int64, device=device)
+
+
 def run(n, d, seed, offset=0, kind=0, param=0.0, x0=None, a=None, scale=None, dtype=torch.float64):
     out = torch.empty(n, d, dtype=dtype)
     sc = torch.ones(n, dtype=torch.float64) if scale is None else scale
-    OP(out, x0, sc if a is None else a, sc, seed, offset, kind, param)
+    OP(out, x0, sc if a is None else a, sc, key(seed), offset, kind, param)
     return out
 
 
@@ -284,30 +289,32 @@ def test_generator_drives_the_seed():
     c = fastflow.Gaussian().prior(5, 7, T=1.0, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a, c) and not torch.equal(a, b)
     seed = fastflow.draws.philox_seed(torch.Generator().manual_seed(3), torch.device("cpu"))
-    assert torch.equal(a, run(5, 7, seed, dtype=torch.float32))
+    assert seed.shape == (1,) and seed.dtype == torch.int64
+    assert torch.equal(a, run(5, 7, int(seed), dtype=torch.float32))
 
 
 @pytest.mark.parametrize("kind,param", KINDS)
 def test_opcheck(kind, param):
     x0 = torch.randn(6, 5, dtype=torch.float64)
     a, scale = torch.rand(6, dtype=torch.float64), torch.rand(6, dtype=torch.float64)
-    for args in [(torch.empty(6, 5, dtype=torch.float64), x0, a, scale, 11, 0, kind, param),
-                 (torch.empty(6, 5), None, a, scale, 11, 2, kind, param)]:
+    for args in [(torch.empty(6, 5, dtype=torch.float64), x0, a, scale, key(11), 0, kind, param),
+                 (torch.empty(6, 5), None, a, scale, key(11), 2, kind, param)]:
         torch.library.opcheck(OP, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
 
 
 def test_torch_compile_fullgraph():
-    def f(out, scale):
-        OP(out, None, scale, scale, 7, 0, 2, 0.0)
+    def f(out, scale, seed):
+        OP(out, None, scale, scale, seed, 0, 2, 0.0)
         return out * 2
 
     out, scale = torch.empty(3, 4), torch.ones(3, dtype=torch.float64)
-    got = torch.compile(f, fullgraph=True, backend="aot_eager")(out, scale)
+    got = torch.compile(f, fullgraph=True, backend="aot_eager")(out, scale, key(7))
     assert torch.equal(got, run(3, 4, 7, kind=2, dtype=torch.float32) * 2)
 
 
 def test_empty():
-    OP(torch.empty(0, 5), None, torch.ones(0, dtype=torch.float64), torch.ones(0, dtype=torch.float64), 1, 0, 0, 0.0)
+    OP(torch.empty(0, 5), None, torch.ones(0, dtype=torch.float64), torch.ones(0, dtype=torch.float64), key(1), 0, 0,
+       0.0)
 
 
 def test_errors():
@@ -332,9 +339,12 @@ def test_errors():
         (dict(kind=1, param=float("inf")), "must be a finite number > 0"),
         (dict(offset=-1), r"offset must be in \[0, 2\^32\)"),
         (dict(offset=1 << 32), r"offset must be in \[0, 2\^32\)"),
+        (dict(seed=torch.tensor([1])[:0]), "seed must be a one-element int64 tensor"),
+        (dict(seed=torch.tensor([1.0])), "seed must be a one-element int64 tensor"),
+        (dict(seed=torch.tensor([1, 2])), "seed must be a one-element int64 tensor"),
     ]
     for kw, match in cases:
-        args = dict(out=out, x0=None, a=v, scale=v, seed=1, offset=0, kind=0, param=0.0) | kw
+        args = dict(out=out, x0=None, a=v, scale=v, seed=key(1), offset=0, kind=0, param=0.0) | kw
         with pytest.raises(RuntimeError, match=match):
             OP(*args.values())
 
@@ -358,12 +368,12 @@ def test_cuda_matches_cpu(kind, param, dtype):
     a, scale = torch.rand(n, dtype=torch.float64), torch.rand(n, dtype=torch.float64) + 0.5
     cpu = run(n, d, 99, 5, kind, param, x0, a, scale, dtype)
     out = torch.empty(n, d, dtype=dtype, device="cuda")
-    OP(out, x0.cuda(), a.cuda(), scale.cuda(), 99, 5, kind, param)
+    OP(out, x0.cuda(), a.cuda(), scale.cuda(), key(99, "cuda"), 5, kind, param)
     rms = cpu.double().pow(2).mean(1, keepdim=True).sqrt()
     err = float(((out.cpu().double() - cpu.double()).abs() / (cpu.double().abs() + rms)).max())
     print(f"kind {kind} {dtype}: CUDA vs CPU max err (of |cpu| + row RMS) {err:.2e}")
     assert err < (4e-6 if dtype == torch.float32 else 1e-12)
     # and one launch is deterministic
     again = torch.empty_like(out)
-    OP(again, x0.cuda(), a.cuda(), scale.cuda(), 99, 5, kind, param)
+    OP(again, x0.cuda(), a.cuda(), scale.cuda(), key(99, "cuda"), 5, kind, param)
     assert torch.equal(out, again)

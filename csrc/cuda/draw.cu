@@ -36,11 +36,12 @@ __global__ void __launch_bounds__(kThreads) draw_kernel(
     const double* __restrict__ a,     // (n,) factor of x0
     const double* __restrict__ scale, // (n,) noise scale
     int64_t d,                        // row length
-    uint64_t seed,                    // Philox key
+    const int64_t* __restrict__ seed_ptr,  // (1,) the Philox key, read here: the host never waits for it
     uint32_t offset,                  // Philox counter word 2
     int kind,                         // radius kind (draw_math.h)
     double D) {                       // kind 1: the dimension of h (a real > 0)
   __shared__ double smem[kWarps];
+  const uint64_t seed = static_cast<uint64_t>(*seed_ptr);
   const int64_t i = blockIdx.x;
   const uint32_t row = static_cast<uint32_t>(i);
   scalar_t* o = out + i * d;
@@ -92,8 +93,9 @@ __global__ void __launch_bounds__(kThreads) draw_kernel(
 
 // CUDA implementation of the schema in fastflow.cpp: fills out in place.
 void draw_cuda(const at::Tensor& out, const std::optional<at::Tensor>& x0, const at::Tensor& a,
-               const at::Tensor& scale, int64_t seed, int64_t offset, int64_t radius_kind, double radius_param) {
-  check_draw_args(out, x0, a, scale, offset, radius_kind, radius_param);
+               const at::Tensor& scale, const at::Tensor& seed, int64_t offset, int64_t radius_kind,
+               double radius_param) {
+  check_draw_args(out, x0, a, scale, seed, offset, radius_kind, radius_param);
   TORCH_CHECK(out.device().is_cuda(), "fastflow::draw_ (CUDA kernel): tensors must be on a CUDA device; got ",
               out.device());
   // gridDim.x is limited to 2^31 - 1 blocks (one per row).
@@ -105,7 +107,7 @@ void draw_cuda(const at::Tensor& out, const std::optional<at::Tensor>& x0, const
     draw_kernel<scalar_t><<<static_cast<unsigned int>(out.size(0)), kThreads, 0,
                             c10::cuda::getCurrentCUDAStream()>>>(
         out.mutable_data_ptr<scalar_t>(), x0.has_value() ? x0->const_data_ptr<scalar_t>() : nullptr,
-        a.const_data_ptr<double>(), scale.const_data_ptr<double>(), out.size(1), static_cast<uint64_t>(seed),
+        a.const_data_ptr<double>(), scale.const_data_ptr<double>(), out.size(1), seed.const_data_ptr<int64_t>(),
         static_cast<uint32_t>(offset), static_cast<int>(radius_kind), radius_param);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

@@ -7,6 +7,7 @@
 - :mod:`.validate`: argument checks whose errors name the argument.
 - :mod:`.nvtx`: NVTX ranges around the public operations.
 - :mod:`.progress`: the tqdm progress bar of long loops.
+- :mod:`.types`: the type aliases of the public signatures (``Time``, ``Shape``, ``DeviceLike``, ``LogWeight``).
 
 Nothing here is public API; the names of ``fastflow/__init__.py`` are.
 """

@@ -8,6 +8,7 @@ variable                     meaning                                            
 ``FASTFLOW_FIELD_BUDGET_MB`` memory budget of one chunk of the field's torch backend, MiB (> 0)         256
 ``FASTFLOW_NVTX``            record NVTX ranges when the ``nvtx`` package is installed (boolean)        true
 ``FASTFLOW_TRITON_TILES``    override Triton tile sizes, e.g. ``BLOCK_M=16,BLOCK_K=1024`` (tests)       unset
+``FASTFLOW_VALIDATE_ARGS``   check tensor values (NaN / inf, t > 0) in public calls (boolean)        true
 ===========================  ======================================================================  =========
 
 Booleans follow one rule: ``1``, ``true``, ``yes``, ``on`` are true; ``0``, ``false``, ``no``, ``off`` and the
@@ -56,6 +57,11 @@ def disable_c() -> bool:
 def nvtx() -> bool:
     """FASTFLOW_NVTX: record NVTX ranges (when the nvtx package is installed)."""
     return flag("FASTFLOW_NVTX", True)
+
+
+def validate_args() -> bool:
+    """FASTFLOW_VALIDATE_ARGS: check tensor values in public calls (``fastflow.set_validate_args`` wins)."""
+    return flag("FASTFLOW_VALIDATE_ARGS", True)
 
 
 def backend(allowed: tuple[str, ...]) -> str | None:

@@ -1,10 +1,75 @@
-"""Argument checks shared by the public API. Errors name the argument and say what was expected (docs/api.md)."""
+"""Argument checks shared by the public API. Errors name the argument and say what was expected (docs/api.md).
+
+Checks on types, shapes, dtypes and devices are host-side and run at once. Checks on tensor *values* (NaN / inf,
+t > 0, an output that overflows) need the value on the host: on a GPU each such read waits for the device
+(a stall). Inside one public call (a function decorated with :func:`checked`) they are therefore recorded,
+not read: :func:`require` stores a 0-d boolean "bad" tensor with a function that builds the error, and the
+call ends with one read of all its flags packed into one integer (:func:`_flush`), after which the first
+failing check, in the order the checks were made, raises. A call that fails for another reason flushes first,
+so that bad input is reported as such rather than as what it caused.
+
+``fastflow.set_validate_args(False)`` (or FASTFLOW_VALIDATE_ARGS=0) turns the value checks off, as
+``torch.distributions``' ``validate_args`` does: no host read at all, and NaN in gives NaN out.
+"""
 from __future__ import annotations
 
+import contextvars
+import functools
 import math
 import numbers
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
+
+from . import config
+
+_F = TypeVar("_F", bound=Callable)
+
+#: the process-wide switch set by :class:`set_validate_args`; None: FASTFLOW_VALIDATE_ARGS decides
+_override: bool | None = None
+
+#: the value checks recorded by the public call in progress (None outside one)
+_pending: contextvars.ContextVar[list | None] = contextvars.ContextVar("fastflow_pending_checks", default=None)
+
+
+class set_validate_args:
+    """Turn fastflow's checks of tensor values (NaN / inf, t > 0, overflowing outputs) on or off.
+
+    With checks on (the default), a public call reads the device once, at its end, for all its value checks; with
+    them off it reads nothing, so a training loop on a GPU never waits, and invalid values give NaN or inf
+    results instead of errors (as ``torch.distributions`` with ``validate_args=False``). Checks of types, shapes,
+    dtypes and devices always run: they need no read.
+
+    Like ``torch.set_grad_enabled``, it acts at once and also serves as a context manager that restores the
+    previous setting on exit::
+
+        fastflow.set_validate_args(False)          # from here on
+        with fastflow.set_validate_args(False):    # for this block only
+            loss = ...
+
+    Args:
+        enabled: True to check values, False not to. (FASTFLOW_VALIDATE_ARGS gives the default: true.)
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        global _override
+        if not isinstance(enabled, bool):
+            raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
+        self.previous = _override
+        _override = enabled
+
+    def __enter__(self) -> set_validate_args:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        global _override
+        _override = self.previous
+
+
+def get_validate_args() -> bool:
+    """Whether fastflow checks tensor values (see :class:`set_validate_args`)."""
+    return config.validate_args() if _override is None else _override
 
 
 def compiling() -> bool:
@@ -14,12 +79,95 @@ def compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
+def checking_values() -> bool:
+    """Whether value checks run now: switched on, and not while torch.compile traces."""
+    return not compiling() and get_validate_args()
+
+
+def checked(fn: _F) -> _F:
+    """Decorate a public call: its value checks (:func:`require`) are read once, when the outermost such call
+    returns (or fails)."""
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        # traced by torch.compile (no value checks there), or inside another checked call (that one reads)
+        if compiling() or _pending.get() is not None:
+            return fn(*args, **kwargs)
+        batch: list = []
+        token = _pending.set(batch)
+        try:
+            out = fn(*args, **kwargs)
+        except BaseException:
+            _pending.reset(token)
+            _flush(batch)  # a failed value check explains the failure better than what it caused
+            raise
+        _pending.reset(token)
+        _flush(batch)
+        return out
+    return call  # type: ignore[return-value]
+
+
+def require(bad: torch.Tensor, error: Callable[[], BaseException | None]) -> None:
+    """Record a value check: ``bad`` a boolean tensor of one element, true where the check fails; ``error()``
+    builds the exception to raise then (it may read values; returning None means "not an error after all", for
+    a cheap check that can give a false alarm). Outside a :func:`checked` call it is read at once."""
+    batch = _pending.get()
+    if batch is not None:
+        batch.append((bad, error))
+    elif bool(bad):
+        e = error()
+        if e is not None:
+            raise e
+
+
+#: bits of the one int64 read: the first 62 checks each have one; bit 62 says that one of the others failed
+_BITS = 62
+
+
+def _flush(batch: list) -> None:
+    """Read all recorded checks at once (one read per device) and raise the first that failed."""
+    if not batch:
+        return
+    failed = [False] * len(batch)
+    by_device: dict[torch.device, list[int]] = {}
+    for k, (bad, _) in enumerate(batch):
+        by_device.setdefault(bad.device, []).append(k)
+    for device, ks in by_device.items():
+        flags = torch.stack([batch[k][0].reshape(()) for k in ks]).to(torch.int64)
+        head, rest = flags[:_BITS], flags[_BITS:]
+        word = (head << torch.arange(head.numel(), device=device)).sum()
+        if rest.numel():
+            word = word + (rest.any().to(torch.int64) << _BITS)
+        code = int(word)  # the one read
+        for i, k in enumerate(ks[:_BITS]):
+            failed[k] = bool(code >> i & 1)
+        if code >> _BITS & 1:  # rare (more than 62 checks) and only when one failed: read the rest
+            for k, f in zip(ks[_BITS:], rest.tolist()):
+                failed[k] = bool(f)
+    for k, (_, error) in enumerate(batch):
+        if failed[k]:
+            e = error()
+            if e is not None:
+                raise e
+
+
+def _sum_dtype(v: torch.Tensor) -> torch.dtype | None:
+    return torch.float32 if v.dtype.itemsize < 4 else None  # a float16 sum overflows long before its entries
+
+
+def require_finite(v: torch.Tensor, error: Callable[[], BaseException]) -> None:
+    """Record "v has no NaN or inf" (skipped when value checks are off). One reduction: a NaN or inf makes the sum
+    NaN or inf; only when the sum is not finite (which finite values can also cause, by overflow) are the
+    elements checked one by one, on the error path."""
+    if not checking_values() or v.numel() == 0:
+        return
+    require(~torch.isfinite(v.sum(dtype=_sum_dtype(v))),
+            lambda: None if bool(torch.isfinite(v).all()) else error())
+
+
 def all_finite(v: torch.Tensor) -> bool:
-    """True when no element is NaN or inf. One reduction: a NaN or inf makes the sum NaN or inf; only when the
-    sum is not finite (which finite values can also cause, by overflow) are the elements checked one by one.
-    (torch.isfinite(v).all() alone is several passes with temporaries: 25% of a CPU field call.)
-    Always True while torch.compile traces (:func:`compiling`)."""
-    if compiling() or v.numel() == 0 or bool(torch.isfinite(v.sum())):
+    """True when no element is NaN or inf, read now (for loops that must decide on it: the ODE solvers).
+    One reduction, as :func:`require_finite`. Always True when value checks are off or torch.compile traces."""
+    if not checking_values() or v.numel() == 0 or bool(torch.isfinite(v.sum(dtype=_sum_dtype(v)))):
         return True
     return bool(torch.isfinite(v).all())
 
@@ -32,8 +180,7 @@ def tensor(name: str, v, *, min_dim: int = 1) -> torch.Tensor:
         raise TypeError(f"{name} must be a floating-point tensor (float16/bfloat16/float32/float64), got {v.dtype}")
     if v.dim() < min_dim:
         raise ValueError(f"{name} must have at least {min_dim} dimension(s) (batch first), got shape {tuple(v.shape)}")
-    if not all_finite(v):
-        raise ValueError(f"{name} contains NaN or inf")
+    require_finite(v, lambda: ValueError(f"{name} contains NaN or inf"))
     return v
 
 
@@ -67,19 +214,19 @@ def times(name: str, t, B: int, *, dtype: torch.dtype, device: torch.device, upp
             raise ValueError(f"{name} must be a float or a tensor of shape (B,) = ({B},), got {tuple(t.shape)}")
         if t.device != device:
             raise ValueError(f"{name} must be on {device} like x, got {t.device}")
-        if t.dtype.is_floating_point and torch.finfo(t.dtype).max > torch.finfo(dtype).max and not compiling() \
-                and t.numel() and bool((t.abs() > torch.finfo(dtype).max).any()):
-            raise ValueError(f"{name} has values beyond the range of the compute dtype {dtype} "
-                             f"(max {torch.finfo(dtype).max:.3g}); pass float64 tensors to compute in float64")
+        big = torch.finfo(dtype).max
+        if t.dtype.is_floating_point and torch.finfo(t.dtype).max > big and checking_values() and t.numel():
+            require((t.abs() > big).any(), lambda: ValueError(
+                f"{name} has values beyond the range of the compute dtype {dtype} (max {big:.3g}); pass float64 "
+                "tensors to compute in float64"))
         t = t.to(dtype)
-        if compiling():
-            return t.contiguous()
-        bad = ~torch.isfinite(t) | (t <= 0)
-        if upper is not None:
-            bad |= t > upper
-        if bool(bad.any()):
+        if checking_values() and t.numel():
+            bad = ~torch.isfinite(t) | (t <= 0)
+            if upper is not None:
+                bad |= t > upper
             lim = f" and <= {upper}" if upper is not None else ""
-            raise ValueError(f"{name} must be finite and > 0{lim}; got {t[bad][:4].tolist()} at some entries")
+            require(bad.any(), lambda: ValueError(
+                f"{name} must be finite and > 0{lim}; got {t[bad][:4].tolist()} at some entries"))
         return t.contiguous()
     if isinstance(t, bool) or not isinstance(t, numbers.Real):
         raise TypeError(f"{name} must be a float or a (B,) tensor, got {type(t).__name__}")

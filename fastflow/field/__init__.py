@@ -95,10 +95,9 @@ class FieldResult:
         """A (B, d) compute-dtype result as (B, *shape) in the call's dtype; FloatingPointError where it is not
         finite there (a velocity (x - xbar) / t at tiny t overflows float16 at 65504, say)."""
         out = v.to(self.dtype)
-        if not V.all_finite(out):
-            raise FloatingPointError(
-                f"{what} overflows {self.dtype} (largest finite {torch.finfo(self.dtype).max:.4g}): "
-                f"{'compute in float32 or float64, or ' if self.dtype.itemsize < 4 else ''}raise t")
+        V.require_finite(out, lambda: FloatingPointError(
+            f"{what} overflows {self.dtype} (largest finite {torch.finfo(self.dtype).max:.4g}): "
+            f"{'compute in float32 or float64, or ' if self.dtype.itemsize < 4 else ''}raise t"))
         return out.reshape(self.shape)
 
 
@@ -157,10 +156,9 @@ def _run(x2, t, ref2, *, a, params, log_weight_ref, backend=None, precision="iee
 
 
 def check_finite(name: str, *tensors: torch.Tensor) -> None:
-    """Raise instead of returning NaN or inf (nothing returns NaN silently)."""
+    """Raise instead of returning NaN or inf (nothing returns NaN silently); recorded, read with the call's other
+    value checks (:func:`fastflow._core.validate.require`)."""
     for v in tensors:
-        if not V.all_finite(v):
-            raise FloatingPointError(
-                f"{name}: the log-weights overflowed (non-finite result). t is too small for the distances "
-                "in this data (e.g. r^2 / t^2 beyond the float range); rescale the data or raise t."
-            )
+        V.require_finite(v, lambda: FloatingPointError(
+            f"{name}: the log-weights overflowed (non-finite result). t is too small for the distances "
+            "in this data (e.g. r^2 / t^2 beyond the float range); rescale the data or raise t."))

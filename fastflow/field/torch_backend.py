@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 
 from .._core import config, dispatch
-from .._core import validate as V
 from .logweights import gap_log_weight, log_weight, split_distance
 
 
@@ -86,15 +85,16 @@ def field_torch(x, ref, t, a, kind, p, q, *, precision="ieee", chunk_size=None, 
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
     # ||x||^2 + ||y||^2 - 2 x.y cancels in proportion to ||x||^2: centring on the reference mean c (distances
     # are unchanged) helps when the data sit away from the origin. It costs a pass writing (y - c) per chunk,
-    # ~30% of the two GEMMs on a CPU, so it is skipped when ||c||^2 is under 10% of the spread E||y - c||^2
-    # (then it would remove less than 10% of the error), e.g. for pixels in [-1, 1].
-    yn_raw = torch.linalg.vector_norm(ref, dim=1, dtype=cdt).square_()
+    # ~30% of the two GEMMs on a CPU, so where a host read is free (the CPU) it is skipped when ||c||^2 is under
+    # 10% of the spread E||y - c||^2 (then it would remove less than 10% of the error), e.g. for pixels in
+    # [-1, 1]. On CUDA that test would be a host read (a stall) and always centring costs less than one.
     c = torch.mean(ref, dim=0, dtype=cdt)
-    if V.compiling():  # a traced graph cannot choose on data: always centre (distances are unchanged)
-        centre = True
-    else:
+    if dispatch.reads_are_free(x.device):
+        yn_raw = torch.linalg.vector_norm(ref, dim=1, dtype=cdt).square_()
         cc = float(c @ c)
         centre = cc > 0.1 * max(float(yn_raw.mean()) - cc, 0.0)
+    else:
+        centre = True
     xc = x.to(cdt) - a[:, None] * c if centre else x.to(cdt)
     xn = torch.linalg.vector_norm(xc, dim=1).square_()
     acc = None  # (B, d) running weighted sum, created by the first chunk's GEMM (no zero-fill pass)
