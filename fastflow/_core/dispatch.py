@@ -6,7 +6,6 @@ so that the rules below hold everywhere:
 - backend: the ``backend=`` argument, else ``FASTFLOW_BACKEND``, else ``torch`` (``triton`` on CUDA for callers
   whose Triton kernels measured faster there, ``prefer_triton``);
 - compute dtype: float64 stays float64; float32, float16 and bfloat16 accumulate in float32;
-- data-dependent shortcuts: taken only where reading a value is free (:func:`reads_are_free`: CPU tensors);
 - matmul precision: IEEE fp32 unless a caller opts in to tf32 on CUDA, without leaving the process-wide flag
   changed (even when threads call concurrently).
 """
@@ -53,14 +52,6 @@ def precision(value, device: torch.device) -> str:
         raise ValueError(f"precision='tf32' needs CUDA tensors (tf32 is a GPU matmul mode), got {device.type} "
                          "tensors; use 'ieee' (the default) or 'bf16'")
     return value
-
-
-def reads_are_free(device: torch.device) -> bool:
-    """Whether reading a tensor value on the host costs nothing but the load: on the CPU, where there is no device
-    to wait for. Elsewhere (CUDA) a read waits for the queued work (a stall), so an optimisation that would need
-    one (the field's choice to skip centring) takes its data-independent branch instead; and while torch.compile
-    traces, a graph cannot branch on data at all. Tests patch this to False to run the CUDA branch on the CPU."""
-    return device.type == "cpu" and not V.compiling()
 
 
 @torch.compiler.assume_constant_result

@@ -4,9 +4,10 @@ Checks on types, shapes, dtypes and devices are host-side and run at once. Check
 t > 0, an output that overflows) need the value on the host: on a GPU each such read waits for the device
 (a stall). Inside one public call (a function decorated with :func:`checked`) they are therefore recorded,
 not read: :func:`require` stores a 0-d boolean "bad" tensor with a function that builds the error, and the
-call ends with one read of all its flags packed into one integer (:func:`_flush`), after which the first
-failing check, in the order the checks were made, raises. A call that fails for another reason flushes first,
-so that bad input is reported as such rather than as what it caused.
+call ends with one read of all its flags packed into one integer (:func:`_flush`; on the CPU, where reads are
+free, one plain read per flag), after which the first failing check, in the order the checks were made,
+raises. A call that fails for another reason flushes first, so that bad input is reported as such rather than
+as what it caused.
 
 ``fastflow.set_validate_args(False)`` (or FASTFLOW_VALIDATE_ARGS=0) turns the value checks off, as
 ``torch.distributions``' ``validate_args`` does: no host read at all, and NaN in gives NaN out.
@@ -79,6 +80,14 @@ def compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
+def reads_are_free(device: torch.device) -> bool:
+    """Whether reading a tensor value on the host costs nothing but the load: on the CPU, where there is no device
+    to wait for. Elsewhere (CUDA) a read waits for the queued work (a stall), so an optimisation that would need
+    one (the field's choice to skip centring) takes its data-independent branch instead; and while torch.compile
+    traces, a graph cannot branch on data at all. Tests patch this to False to run the CUDA branch on the CPU."""
+    return device.type == "cpu" and not compiling()
+
+
 def checking_values() -> bool:
     """Whether value checks run now: switched on, and not while torch.compile traces."""
     return not compiling() and get_validate_args()
@@ -124,7 +133,8 @@ _BITS = 62
 
 
 def _flush(batch: list) -> None:
-    """Read all recorded checks at once (one read per device) and raise the first that failed."""
+    """Read all recorded checks at once (one read per device; on the CPU, where reads cost nothing, one per check
+    instead of packing them) and raise the first that failed."""
     if not batch:
         return
     failed = [False] * len(batch)
@@ -132,6 +142,10 @@ def _flush(batch: list) -> None:
     for k, (bad, _) in enumerate(batch):
         by_device.setdefault(bad.device, []).append(k)
     for device, ks in by_device.items():
+        if reads_are_free(device):  # the CPU: a read is a load, cheaper than packing the flags
+            for k in ks:
+                failed[k] = bool(batch[k][0])
+            continue
         flags = torch.stack([batch[k][0].reshape(()) for k in ks]).to(torch.int64)
         head, rest = flags[:_BITS], flags[_BITS:]
         word = (head << torch.arange(head.numel(), device=device)).sum()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .._core import config, dispatch
+from .._core import validate as V
 from .logweights import gap_log_weight, log_weight, split_distance
 
 
@@ -89,7 +90,7 @@ def field_torch(x, ref, t, a, kind, p, q, *, precision="ieee", chunk_size=None, 
     # 10% of the spread E||y - c||^2 (then it would remove less than 10% of the error), e.g. for pixels in
     # [-1, 1]. On CUDA that test would be a host read (a stall) and always centring costs less than one.
     c = torch.mean(ref, dim=0, dtype=cdt)
-    if dispatch.reads_are_free(x.device):
+    if V.reads_are_free(x.device):
         yn_raw = torch.linalg.vector_norm(ref, dim=1, dtype=cdt).square_()
         cc = float(c @ c)
         centre = cc > 0.1 * max(float(yn_raw.mean()) - cc, 0.0)
