@@ -6,7 +6,7 @@ The public names are below; README.md has a tour and docs/ the mathematics and t
 ``testing/`` (faithful ports of the official algorithms), ``apps/`` (the command line and the demo), and
 ``_core/`` (the runtime they share: loader, config, dispatch, validation).
 """
-from . import distributed, pfgm
+from . import distributed, pfgm, schedulers
 from ._core import ops as _ops  # noqa: F401  (fake implementations of the compiled ops, when the extension is built)
 from ._core.loader import backends
 from ._core.validate import get_validate_args, set_validate_args
@@ -16,6 +16,7 @@ from .likelihood import LikelihoodResult, log_likelihood
 from .ode import ODEResult, odeint
 from .samplers import Oracle, SampleResult, edm_sample, edm_sigmas, family_sample, flow_sample, straightness
 from .targets import pfgmpp_target, stf_target
+from .training import edm_loss_weight, logit_normal_weight, timesteps
 
 __version__ = "0.1.0"
 
@@ -24,5 +25,6 @@ __all__ = [
     "pfgm", "pfgmpp_target", "stf_target", "backends", "distributed", "set_validate_args", "get_validate_args",
     "odeint", "ODEResult",
     "log_likelihood", "LikelihoodResult",
+    "schedulers", "timesteps", "edm_loss_weight", "logit_normal_weight",
     "edm_sample", "edm_sigmas", "flow_sample", "family_sample", "Oracle", "SampleResult", "straightness",
 ]
