@@ -253,7 +253,9 @@ def perturb(law: DrawLaw, x0, t, *, generator=None) -> torch.Tensor:
         raise ValueError(f"x0 must have at least one element per point, got shape {tuple(x0.shape)}")
     V.generator("generator", generator, x0.device)
     tt = V.times("t", t, B, dtype=torch.float64, device=x0.device, upper=law.t_max)
-    x = draw(x0.reshape(B, d), law.path_scale(tt), tt, B, d, law.radius, generator=generator, device=x0.device,
+    noise_scale = getattr(law, "noise_scale", None)
+    b = tt if noise_scale is None else noise_scale(tt)
+    x = draw(x0.reshape(B, d), law.path_scale(tt), b, B, d, law.radius, generator=generator, device=x0.device,
              dtype=x0.dtype)
     return finish(x, x0.dtype, x0.shape, f"{law!r}.perturb")
 
