@@ -14,7 +14,7 @@ from .families import Family, Gaussian, Poisson, RadialCDF, RectifiedFlow
 from .field import FieldStats
 from .likelihood import LikelihoodResult, log_likelihood
 from .ode import ODEResult, odeint
-from .paths import AffinePath, PathSample
+from .paths import AffinePath, PathSample, StudentT
 from .samplers import Oracle, SampleResult, edm_sample, edm_sigmas, family_sample, flow_sample, straightness
 from .targets import pfgmpp_target, stf_target
 from .training import edm_loss_weight, logit_normal_weight, timesteps
@@ -26,6 +26,6 @@ __all__ = [
     "pfgm", "pfgmpp_target", "stf_target", "backends", "distributed", "set_validate_args", "get_validate_args",
     "odeint", "ODEResult",
     "log_likelihood", "LikelihoodResult",
-    "AffinePath", "PathSample", "schedulers", "timesteps", "edm_loss_weight", "logit_normal_weight",
+    "AffinePath", "PathSample", "StudentT", "schedulers", "timesteps", "edm_loss_weight", "logit_normal_weight",
     "edm_sample", "edm_sigmas", "flow_sample", "family_sample", "Oracle", "SampleResult", "straightness",
 ]

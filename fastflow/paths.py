@@ -1,8 +1,15 @@
-"""Affine probability paths x_t = alpha_t x0 + sigma_t x1 with a Gaussian source x1 ~ N(0, I) (docs/math.md).
+"""Affine probability paths x_t = alpha_t x0 + sigma_t x1, x1 from a source law (docs/math.md).
 
 Data at t = 0, source at t = 1 (:mod:`fastflow.schedulers`). Given x_t = x, the posterior over the reference
-points has the weights exp(-||x - alpha_t ref_j||^2 / (2 sigma_t^2)): the Gaussian kind of the field engine with
-path scale a = alpha_t and noise scale sigma_t, one streaming pass. The exact velocity is
+points has the weights of the source's density at (x - alpha_t ref_j) / sigma_t:
+
+- "gaussian", x1 ~ N(0, I): exp(-||x - alpha_t ref_j||^2 / (2 sigma_t^2)), the Gaussian kind of the field engine
+  with path scale a = alpha_t and noise scale sigma_t;
+- :class:`StudentT` (nu), x1 = g sqrt(nu) / ||h||, g ~ N(0, I_d), h ~ N(0, I_nu) (multivariate Student-t):
+  (nu sigma_t^2 + ||x - alpha_t ref_j||^2)^(-(nu + d) / 2), the Poisson kind with D = nu and noise scale
+  sigma_t sqrt(nu) (PFGM++'s weights), drawn by the same fused op. Equally cheap.
+
+Either way x1 = (x_t - alpha_t x0) / sigma_t given x0, so the exact velocity has one form:
 
     E[dx_t / dt | x_t = x] = alpha'_t xbar + sigma'_t E[x1 | x] = (sigma'_t / sigma_t) x
                              + (alpha'_t - sigma'_t alpha_t / sigma_t) xbar,     xbar = E[x0 | x_t = x],
@@ -11,6 +18,8 @@ which for CondOT (alpha = 1 - t, sigma = t) is (x - xbar) / t, :class:`fastflow.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -19,14 +28,28 @@ from . import draws
 from . import field as _field
 from ._core import nvtx
 from ._core import validate as V
-from ._core.types import LogWeight, Time
+from ._core.types import DeviceLike, LogWeight, Shape, Time
 from .families import Family
 from .field import logweights as LW
 from .schedulers import CondOT, Scheduler
 
-__all__ = ["AffinePath", "PathSample", "SOURCES"]
+__all__ = ["AffinePath", "PathSample", "StudentT", "SOURCES"]
 
 SOURCES = ("gaussian",)
+
+
+@dataclass(frozen=True)
+class StudentT:
+    """A multivariate Student-t source with nu > 0 degrees of freedom: x1 = g sqrt(nu) / ||h||,
+    g ~ N(0, I_d), h ~ N(0, I_nu); heavy-tailed, each coordinate a Student-t(nu); N(0, I) as nu -> inf."""
+
+    nu: float
+
+    def __post_init__(self) -> None:
+        nu = self.nu
+        if isinstance(nu, bool) or not isinstance(nu, numbers.Real) or not (math.isfinite(nu) and nu > 0):
+            raise ValueError(f"nu must be a finite number > 0 (the degrees of freedom), got {nu!r}")
+        object.__setattr__(self, "nu", float(nu))
 
 
 @dataclass(frozen=True)
@@ -50,7 +73,7 @@ class AffinePath(Family):
 
     Args:
         scheduler: the schedule (default :class:`~fastflow.schedulers.CondOT`: rectified flow).
-        source: "gaussian" (N(0, I)).
+        source: "gaussian" (N(0, I)) or a :class:`StudentT`.
 
     Its methods are the families' (``posterior_mean``, ``velocity``, ``perturb``, ``prior``) with t in (0, 1],
     plus :meth:`sample` for training.
@@ -64,10 +87,17 @@ class AffinePath(Family):
             raise TypeError(f"scheduler must be a fastflow.schedulers.Scheduler (e.g. CondOT(), Cosine()), got "
                             f"{type(scheduler).__name__}")
         self.scheduler = scheduler
-        self.source = V.choice("source", source, SOURCES)
+        if isinstance(source, StudentT):
+            self.source = source
+            self._noise_factor = math.sqrt(source.nu)  # the weights' and the draws' scale: sigma_t sqrt(nu)
+            self.radius = draws.Radius(draws.RADIUS_CHI, source.nu)  # rho = 1 / ||h||, h ~ N(0, I_nu)
+        else:
+            self.source = V.choice("source", source, SOURCES)
+            self._noise_factor = 1.0
 
     def __repr__(self) -> str:
-        return f"AffinePath({self.scheduler!r})"
+        src = "" if self.source == "gaussian" else f", source={self.source!r}"
+        return f"AffinePath({self.scheduler!r}{src})"
 
     # -- the laws --------------------------------------------------------------------------------------------------
 
@@ -75,18 +105,32 @@ class AffinePath(Family):
         return self.scheduler.alpha(t)
 
     def noise_scale(self, t: torch.Tensor) -> torch.Tensor:
-        return self.scheduler.sigma(t)
+        return self.scheduler.sigma(t) * self._noise_factor
 
     def prior_scale(self, T: torch.Tensor) -> torch.Tensor:
-        return torch.ones_like(T)  # the source N(0, I), whatever T
+        return torch.full_like(T, self._noise_factor)  # the source itself, whatever T
 
     def weight_params(self, d: int) -> tuple[int, float, float]:
+        if isinstance(self.source, StudentT):
+            return LW.POISSON, (d + self.source.nu) / 2.0, 0.0
         return LW.GAUSSIAN, 0.5, 0.0
 
     def reference_log_weight(self, d: int) -> LogWeight:
-        return lambda r2, s: -0.5 * (r2 / s) / s  # s = sigma_t (the engine passes the noise scale)
+        # s: the noise scale the engine passes (sigma_t, or sigma_t sqrt(nu))
+        if isinstance(self.source, StudentT):
+            p = (d + self.source.nu) / 2.0
+            return lambda r2, s: -p * torch.logaddexp(2.0 * torch.log(s), torch.log(r2))
+        return lambda r2, s: -0.5 * (r2 / s) / s
 
     # -- the velocity of the path, and its training draw -----------------------------------------------------------
+
+    @nvtx.annotate("fastflow.path.prior")
+    @V.checked
+    def prior(self, n: int, shape: Shape, *, T: Time = 1.0, generator: torch.Generator | None = None,
+              device: DeviceLike = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """n draws of the source x1 (the path at t = 1 without its data term), shape (n, *shape); T in (0, 1] is
+        checked and otherwise unused. Args as :meth:`fastflow.Family.prior`."""
+        return draws.prior(self, n, shape, T=T, generator=generator, device=device, dtype=dtype)
 
     @nvtx.annotate("fastflow.path.velocity")
     @V.checked
@@ -132,7 +176,10 @@ class AffinePath(Family):
             t = timesteps(B, generator=generator, device=x0.device, dtype=torch.float64)
         tt = V.times("t", t, B, dtype=torch.float64, device=x0.device, upper=self.t_max)
         if x1 is None:
-            x1 = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=draws.draw_dtype(x0.dtype))
+            d = x0[0].numel() if B else 1
+            ones = torch.full((B,), self._noise_factor, dtype=torch.float64, device=x0.device)
+            x1 = draws.draw(None, None, ones, B, d, self.radius, generator=generator, device=x0.device,
+                            dtype=x0.dtype).reshape(x0.shape)
         else:
             x1 = V.tensor("x1", x1)
             if x1.shape != x0.shape or x1.dtype != x0.dtype or x1.device != x0.device:

@@ -104,3 +104,62 @@ def test_bad_input():
         path.sample(x, 0.5, x1=torch.randn(3, 3))
     with pytest.raises(ValueError, match="x0 contains NaN"):
         path.sample(torch.tensor([[float("nan"), 0.0]]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the Student-t source
+
+def velocity_reference_t(sched, nu, x, t, ref):
+    """As velocity_reference, with the Student-t density (1 + ||x - alpha ref_j||^2 / (nu sigma^2))^(-(nu+d)/2)."""
+    c = sched(t.double())
+    a, s, da, ds = (v[:, None, None] for v in (c.alpha, c.sigma, c.d_alpha, c.d_sigma))
+    x, ref = x.double()[:, None, :], ref.double()[None, :, :]
+    d = x.shape[-1]
+    logw = -(nu + d) / 2 * torch.log1p(((x - a * ref) ** 2).sum(-1, keepdim=True) / (nu * s * s))
+    w = torch.softmax(logw, dim=1)
+    return (w * (da * ref + ds * (x - a * ref) / s)).sum(1)
+
+
+@pytest.mark.parametrize("nu", [1.0, 4.5, 200.0])
+@pytest.mark.parametrize("sched", [S.CondOT(), S.Cosine(), S.VP()], ids=repr)
+def test_student_t_velocity_matches_its_formula(sched, nu):
+    gen = torch.Generator().manual_seed(8)
+    B, R, d = 6, 40, 5
+    ref = torch.rand(R, d, generator=gen, dtype=torch.float64) * 2 - 1
+    t = torch.tensor([0.05, 0.2, 0.4, 0.6, 0.8, 1.0], dtype=torch.float64)
+    x = torch.randn(B, d, generator=gen, dtype=torch.float64)
+    want = velocity_reference_t(sched, nu, x, t, ref)
+    path = fastflow.AffinePath(sched, fastflow.StudentT(nu))
+    for backend in ("torch", "reference"):
+        torch.testing.assert_close(path.velocity(x, t, ref, backend=backend), want, rtol=1e-9, atol=1e-9)
+    got32 = path.velocity(x.float(), t.float(), ref.float())
+    assert float(((got32.double() - want).norm(dim=1) / (want.norm(dim=1) + 1)).max()) < 1e-4
+    # the Gaussian source is the limit nu -> inf, and a different field at finite nu
+    gauss = fastflow.AffinePath(sched).velocity(x, t, ref)
+    gap = float((gauss - want).norm() / want.norm())
+    assert gap < 0.05 if nu == 200.0 else gap > 1e-3
+
+
+@pytest.mark.parametrize("nu", [1.0, 3.0])
+def test_student_t_draws(nu):
+    """perturb, sample and prior draw each coordinate of x1 as a Student-t(nu) (KS against scipy's CDF)."""
+    path = fastflow.AffinePath(S.Cosine(), fastflow.StudentT(nu))
+    gen = torch.Generator().manual_seed(9)
+    n, d = 3000, 4
+    x0 = torch.full((n, d), 1.5, dtype=torch.float64)
+    a, s = math.cos(0.2 * math.pi), math.sin(0.2 * math.pi)
+    xt = path.perturb(x0, 0.4, generator=gen)
+    cdf = stats.t(nu).cdf
+    assert stats.kstest(((xt - a * 1.5) / s)[:, 0].numpy(), cdf).pvalue > 1e-3
+    ps = path.sample(x0, 0.4, generator=gen)
+    assert stats.kstest(ps.x1[:, 1].numpy(), cdf).pvalue > 1e-3
+    torch.testing.assert_close(ps.x_t, a * x0 + s * ps.x1)
+    prior = path.prior(n, d, generator=gen, dtype=torch.float64)
+    assert stats.kstest(prior[:, 2].numpy(), cdf).pvalue > 1e-3
+    assert stats.kstest(prior[:, 2].numpy(), stats.norm.cdf).pvalue < 1e-3  # heavy tails: not the Gaussian
+
+
+def test_student_t_bad_nu():
+    for bad in (0, -1.0, float("inf"), float("nan"), True, "3"):
+        with pytest.raises(ValueError, match="nu must be a finite number > 0"):
+            fastflow.StudentT(bad)
