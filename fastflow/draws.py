@@ -242,21 +242,22 @@ class DrawLaw(Protocol):
 
     def path_scale(self, t: torch.Tensor) -> torch.Tensor: ...
 
+    def noise_scale(self, t: torch.Tensor) -> torch.Tensor: ...
+
     def prior_scale(self, T: torch.Tensor) -> torch.Tensor: ...
 
 
 def perturb(law: DrawLaw, x0, t, *, generator=None) -> torch.Tensor:
-    """x_t = a_t x0 + t rho g per row of x0 (B, *shape); t a float or (B,) tensor. See Family.perturb."""
+    """x_t = a_t x0 + s_t rho g per row of x0 (B, *shape), s_t = noise_scale(t) (t but for affine paths); t a
+    float or (B,) tensor. See Family.perturb."""
     x0 = V.tensor("x0", x0)
     B, d = x0.shape[0], math.prod(x0.shape[1:])
     if d == 0:
         raise ValueError(f"x0 must have at least one element per point, got shape {tuple(x0.shape)}")
     V.generator("generator", generator, x0.device)
     tt = V.times("t", t, B, dtype=torch.float64, device=x0.device, upper=law.t_max)
-    noise_scale = getattr(law, "noise_scale", None)
-    b = tt if noise_scale is None else noise_scale(tt)
-    x = draw(x0.reshape(B, d), law.path_scale(tt), b, B, d, law.radius, generator=generator, device=x0.device,
-             dtype=x0.dtype)
+    x = draw(x0.reshape(B, d), law.path_scale(tt), law.noise_scale(tt), B, d, law.radius, generator=generator,
+             device=x0.device, dtype=x0.dtype)
     return finish(x, x0.dtype, x0.shape, f"{law!r}.perturb")
 
 

@@ -53,6 +53,10 @@ class Family:
         """a_t of the path x_t = a_t x0 + noise: the field compares x with a_t * ref_j (1 unless overridden)."""
         return torch.ones_like(t)
 
+    def noise_scale(self, t: torch.Tensor) -> torch.Tensor:
+        """s_t of the noise s_t rho g in x_t, and the time the log-weight sees: t (an affine path's sigma_t)."""
+        return t
+
     def prior_scale(self, T: torch.Tensor) -> torch.Tensor:
         """The noise scale of the prior: T (the law of x_T without the data term)."""
         return T

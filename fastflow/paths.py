@@ -176,7 +176,7 @@ class AffinePath(Family):
             t = timesteps(B, generator=generator, device=x0.device, dtype=torch.float64)
         tt = V.times("t", t, B, dtype=torch.float64, device=x0.device, upper=self.t_max)
         if x1 is None:
-            d = x0[0].numel() if B else 1
+            d = math.prod(x0.shape[1:])
             ones = torch.full((B,), self._noise_factor, dtype=torch.float64, device=x0.device)
             x1 = draws.draw(None, None, ones, B, d, self.radius, generator=generator, device=x0.device,
                             dtype=x0.dtype).reshape(x0.shape)
@@ -187,7 +187,7 @@ class AffinePath(Family):
                                  f"{x0.device}, x1 {tuple(x1.shape)} {x1.dtype} {x1.device}")
         c = self.scheduler(tt)
         view = (B,) + (1,) * (x0.dim() - 1)
-        ddt = x1.dtype if x1.dtype in (torch.float32, torch.float64) else torch.float32
+        ddt = draws.draw_dtype(x0.dtype)
         a, s, da, ds = (v.to(ddt).reshape(view) for v in (c.alpha, c.sigma, c.d_alpha, c.d_sigma))
         x0d, x1d = x0.to(ddt), x1.to(ddt)
         x_t = draws.finish(a * x0d + s * x1d, x0.dtype, x0.shape, f"{self!r}.sample")

@@ -99,7 +99,7 @@ def _draw_calls():
     return calls
 
 
-def _paths(monkeypatch, kind):
+def _paths(kind):
     """The ways a call can be served: for the field the torch backend with and without the compiled epilogue and
     the Triton kernels; for the draws the fused op and the pure-torch pieces."""
     paths = []
@@ -119,7 +119,7 @@ def _paths(monkeypatch, kind):
 @pytest.mark.parametrize("kind", ["field", "draw"])
 def test_one_read_per_call_with_checks_and_none_without(kind, device_branch, monkeypatch):
     calls = _field_calls() if kind == "field" else _draw_calls()
-    for path, setup in _paths(monkeypatch, kind):
+    for path, setup in _paths(kind):
         with monkeypatch.context() as m:
             setup(m)
             for name, call in calls.items():

@@ -39,7 +39,7 @@ class Law(Protocol):
 
     ``weight_params(d)`` -> (kind, p, q) of :mod:`.logweights`; ``reference_log_weight(d)`` -> l(r2, t) written
     from the formula (for the reference backend); ``path_scale(t)`` -> a_t (B,); ``t_max``: the largest t or None.
-    Optionally ``noise_scale(t)`` -> s_t (B,), the time the log-weight sees (default t; an affine path's sigma_t).
+    ``noise_scale(t)`` -> s_t (B,), the time the log-weight sees (t itself, but an affine path's sigma_t).
     """
 
     t_max: float | None
@@ -49,6 +49,8 @@ class Law(Protocol):
     def reference_log_weight(self, d: int): ...
 
     def path_scale(self, t: torch.Tensor) -> torch.Tensor: ...
+
+    def noise_scale(self, t: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -129,9 +131,7 @@ def evaluate(law: Law, x, t, ref, *, t_name: str = "t", backend: str | None = No
         z = torch.zeros(0, dtype=cdt, device=x2.device)
         return FieldResult(x2.new_zeros(0, d, dtype=cdt), x2.to(cdt), tt, z, z, dtype, shape)
     # the log-weight's time is the noise scale s_t of x_t = a_t x0 + s_t rho g (t itself but for affine paths)
-    noise_scale = getattr(law, "noise_scale", None)
-    ts = tt if noise_scale is None else noise_scale(tt)
-    xbar, log_norm, ess = _run(x2, ts, ref2, a=law.path_scale(tt), params=law.weight_params(d),
+    xbar, log_norm, ess = _run(x2, law.noise_scale(tt), ref2, a=law.path_scale(tt), params=law.weight_params(d),
                                log_weight_ref=law.reference_log_weight(d), backend=backend, precision=precision,
                                chunk_size=chunk_size)
     check_finite(f"{law!r}", xbar, log_norm)
