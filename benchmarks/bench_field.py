@@ -25,6 +25,12 @@ Usage::
     python benchmarks/bench_field.py --quick                 # two small sizes, well under a minute on 2 CPU cores
     python benchmarks/bench_field.py --sizes cpu_goal stf celeba
     python benchmarks/bench_field.py                         # every size (on CUDA: the GPU goals)
+    python benchmarks/bench_field.py --sizes cpu_goal --divergence-only   # Family.divergence against velocity
+
+``--divergence`` (or ``--divergence-only``, without the providers above) also times ``Family.divergence`` (the exact
+trace of the velocity's Jacobian, one streaming pass) against ``Family.velocity`` for Poisson(D=1) on the same data,
+interleaved call by call, and reports the median of the paired ratios (rows ``family.velocity`` /
+``family.divergence``; goal on the CPU: at most 2x at (128, 1024, 3072)).
 
 Rows are merged into ``--out`` (default ``benchmarks/results/field_<device>.json``): a row replaces an earlier row
 of the same device, size and provider; ``--fresh`` discards the earlier rows.
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import sys
 import time
 import zlib
@@ -285,6 +292,50 @@ def bench_size(name, device, providers, ff_backends, args, meta) -> list[dict]:
     return rows
 
 
+def bench_divergence(name, device, args, meta) -> list[dict]:
+    """``Family.divergence`` against ``Family.velocity`` (Poisson(D=1) at t = z, the default backend) on this size's
+    data, timed interleaved; the divergence is checked against its float64 run where affordable."""
+    B, R, d = SIZES[name]
+    x, z, ref = make_data(name, B, R, d, args.seed, device)
+    fam = fastflow.Poisson(D=1)
+
+    def velocity():
+        return fam.velocity(x, z, ref)
+
+    def divergence():
+        return fam.divergence(x, z, ref)
+
+    base = dict(meta, size=name, B=B, R=R, d=d, dtype="float32", timestamp=C.utc_now(), skipped=False, reason=None)
+    out, peak_d = C.peak_memory(divergence, device)
+    _, peak_v = C.peak_memory(velocity, device)
+    rel_err = None
+    if device.type == "cuda" or 4.0 * B * R * d <= FP64_CHECK_FLOP_CPU:
+        want = fam.divergence(x.double(), z.double(), ref.double())
+        rel_err = float(((out.double() - want).abs() / want.abs()).max())
+    n = max(3, args.repeats)
+    desc = f"   {name}/divergence ({n} rounds)" if n > 5 else None
+    tv, td = C.time_interleaved([velocity, divergence], device, repeats=n, progress_desc=desc)
+    ratios = [b / a for a, b in zip(tv.times_ms, td.times_ms)]
+    ratio = statistics.median(ratios)
+    rows = [dict(base, provider="family.velocity", **tv.as_dict(), peak_mem_bytes=peak_v,
+                 note="Poisson(D=1).velocity"),
+            dict(base, provider="family.divergence", **td.as_dict(), peak_mem_bytes=peak_d, rel_err=rel_err,
+                 rel_err_ref="family.divergence float64" if rel_err is not None else None,
+                 ratio_vs_velocity=ratio, ratio_vs_velocity_of_medians=td.median / tv.median,
+                 note=f"Poisson(D=1).divergence: {ratio:.3g}x velocity (median of {n} paired ratios)")]
+    print(f"   divergence vs velocity: {td.median:.4g} ms / {tv.median:.4g} ms, median paired ratio {ratio:.3g}x "
+          f"(IQR of the ratios {C.fmt_num(_iqr(ratios), '.2g')}); peak +{C.fmt_bytes(peak_d)} vs "
+          f"+{C.fmt_bytes(peak_v)}; fp32 rel err {C.fmt_num(rel_err, '.1e')}", flush=True)
+    return rows
+
+
+def _iqr(v: list[float]) -> float | None:
+    if len(v) < 2:
+        return None
+    q = statistics.quantiles(v, n=4)
+    return q[2] - q[0]
+
+
 def ff_backends_missing(prov: str, device: torch.device) -> str:
     if _backend(prov) == "triton" and device.type == "cpu":
         return ("triton runs on the CPU only under Triton's interpreter (TRITON_INTERPRET=1, for tests), "
@@ -355,6 +406,15 @@ def evaluate_goals(rows: list[dict], device: torch.device, default_backend: str)
                     peak = max(r["ceiling_gflops"], r.get("machine_sgemm_gflops") or 0.0)
                     v = r["gflops"] / peak
                     add(scope, text, v, v >= thr, f"{r['gflops']:.4g} / {peak:.4g} GFLOP/s = {v:.1%}")
+    r = _find(rows, "cpu_goal", "family.divergence")
+    text = "Family.divergence within 2x Family.velocity at (128, 1024, 3072)"
+    if not on_cpu:
+        add("CPU", text, None, None, f"not a {device.type} run")
+    elif r is None:
+        add("CPU", text, None, None, "no divergence row at size 'cpu_goal' (run --sizes cpu_goal --divergence)")
+    else:
+        v = r["ratio_vs_velocity"]
+        add("CPU", text, v, v <= 2.0, f"median paired ratio {v:.3g}x")
     return goals
 
 
@@ -398,7 +458,13 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/field_<device>.json)")
     p.add_argument("--fresh", action="store_true", help="do not keep the earlier rows of --out")
+    p.add_argument("--divergence", action="store_true",
+                   help="also time Family.divergence against Family.velocity at each size")
+    p.add_argument("--divergence-only", action="store_true", help="--divergence, and none of the providers")
     args = p.parse_args(argv)
+    if args.divergence_only:
+        args.divergence = True
+        args.providers = []
     if args.repeats is None:
         args.repeats = 5 if args.quick else 10
     if args.repeats < 1:
@@ -440,9 +506,13 @@ def main(argv=None) -> int:
         print(f"machine fp32 ceiling: square {mc['n']}^3 sgemm {mc['median_ms']:.3g} ms = {mc['gflops']:.4g} GFLOP/s")
         rows = []
         for name in args.sizes:
-            for r in bench_size(name, device, args.providers, ff_backends, args, meta):
+            for r in (bench_size(name, device, args.providers, ff_backends, args, meta) if args.providers else []):
                 r["machine_sgemm_gflops"] = mc["gflops"]
                 rows.append(C.json_safe(r))
+            if args.divergence:
+                if not args.providers:
+                    print(f"\n== {name}: B={SIZES[name][0]} R={SIZES[name][1]} d={SIZES[name][2]}", flush=True)
+                rows.extend(C.json_safe(r) for r in bench_divergence(name, device, args, meta))
     elapsed = time.perf_counter() - t_start
 
     print(f"\nresults ({elapsed:.0f} s). median: over n timed calls after a warm-up call; peak mem: extra memory of "

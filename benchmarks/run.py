@@ -25,10 +25,12 @@ from report import write_report  # noqa: E402
 
 #: (name, script, CPU arguments, CUDA / full arguments)
 SCRIPTS = (
-    ("field", "bench_field.py", ["--sizes", "small", "cpu_goal", "stf", "--repeats", "5"], []),
+    ("field", "bench_field.py", ["--sizes", "small", "cpu_goal", "stf", "--repeats", "5", "--divergence"],
+     ["--divergence"]),
     ("prior", "bench_prior.py", ["--quick"], []),
     ("ode_step", "bench_ode_step.py", ["--B", "256"], []),
     ("solvers", "bench_solvers.py", ["--quick"], []),
+    ("construction", "bench_construction.py", ["--repeats", "5", "--quiet"], ["--quiet"]),
 )
 NAMES = tuple(s[0] for s in SCRIPTS)
 

@@ -10,11 +10,11 @@ from . import distributed, pfgm, schedulers
 from ._core import ops as _ops  # noqa: F401  (fake implementations of the compiled ops, when the extension is built)
 from ._core.loader import backends
 from ._core.validate import get_validate_args, set_validate_args
-from .families import Family, Gaussian, Poisson, RadialCDF, RectifiedFlow
+from .families import Family, Gaussian, Poisson, RadialCDF
 from .field import FieldStats
 from .likelihood import LikelihoodResult, log_likelihood
 from .ode import ODEResult, odeint
-from .paths import AffinePath, PathSample, StudentT
+from .paths import AffinePath, PathSample, RectifiedFlow, StudentT
 from .samplers import Oracle, SampleResult, edm_sample, edm_sigmas, family_sample, flow_sample, straightness
 from .targets import pfgmpp_target, stf_target
 from .training import edm_loss_weight, logit_normal_weight, timesteps

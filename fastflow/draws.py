@@ -27,6 +27,7 @@ Gaussians are drawn in :func:`draw_dtype`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -107,6 +108,8 @@ def inverse_radial_cdf(n: int, name: str, *, generator, device) -> torch.Tensor:
 #: real D > 0: D squares for an integer D <= 8, else one Marsaglia-Tsang Gamma draw); Psi^{-1}(U) / ||g|| for
 #: Psi = tanh and Psi(s) = 1 - e^-s.
 RADIUS_ONE, RADIUS_CHI, RADIUS_TANH, RADIUS_EXP = 0, 1, 2, 3
+#: a user's radial CDF (pure torch only): rho g = psi_b^{-1}(U) / b * g / ||g|| by :attr:`Radius.inverse`
+RADIUS_USER = 4
 
 
 def can_draw_fused(device: torch.device, dtype: torch.dtype, radius_kind: int, radius_param: float = 0.0) -> bool:
@@ -173,20 +176,27 @@ class Radius:
 
     Attributes:
         kind: the fused op's radius_kind: :data:`RADIUS_ONE` (rho = 1), :data:`RADIUS_CHI` (rho = 1 / ||h||,
-            h ~ N(0, I_D)), :data:`RADIUS_TANH` / :data:`RADIUS_EXP` (rho g = Psi^{-1}(U) g / ||g||).
+            h ~ N(0, I_D)), :data:`RADIUS_TANH` / :data:`RADIUS_EXP` (rho g = Psi^{-1}(U) g / ||g||); or
+            :data:`RADIUS_USER` (rho g = psi_b^{-1}(U) / b * g / ||g||, pure torch).
         param: D for RADIUS_CHI, else 0.
+        inverse: for RADIUS_USER, (U, b) -> r with psi_b(r) = U, both (n,) float64.
     """
 
     kind: int = RADIUS_ONE
     param: float = 0.0
+    inverse: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     @property
     def unit_noise(self) -> bool:
         """Whether the noise is rho g / ||g|| (a radius in a uniform direction) rather than rho g."""
-        return self.kind in (RADIUS_TANH, RADIUS_EXP)
+        return self.kind in (RADIUS_TANH, RADIUS_EXP, RADIUS_USER)
 
-    def factor(self, n: int, generator, device) -> torch.Tensor:
-        """(n,) float64 draws of rho by the pure-torch pieces (before the 1 / ||g|| of unit noise)."""
+    def factor(self, n: int, generator, device, b: torch.Tensor | None = None) -> torch.Tensor:
+        """(n,) float64 draws of rho by the pure-torch pieces (before the 1 / ||g|| of unit noise); b (n,) the
+        noise scale, needed by RADIUS_USER only (its radius psi_b^{-1}(U) is not b times a fixed law)."""
+        if self.kind == RADIUS_USER:
+            b = b.to(torch.float64)
+            return self.inverse(uniform(n, generator=generator, device=device), b) / b
         if self.kind == RADIUS_CHI:
             # rho = 1 / ||h||: ||x - x0||^2 / t^2 = ||g||^2 / ||h||^2 ~ BetaPrime(d/2, D/2)
             return chi(n, self.param, generator=generator, device=device).reciprocal_()
@@ -213,7 +223,7 @@ def draw(x0, a, b, n: int, d: int, radius: Radius, *, generator, device, dtype) 
             return noise.addcmul(x0.to(ddt), a.to(ddt)[:, None])
         return draw_fused(x0, a, b, n, d, radius_kind=radius.kind, radius_param=radius.param,
                           generator=generator, device=device, dtype=ddt)
-    rho = radius.factor(n, generator, device)
+    rho = radius.factor(n, generator, device, b)
     if radius.unit_noise:
         g, norm = nonzero_normal(n, d, generator=generator, device=device, dtype=ddt)
         rho = rho / norm
@@ -276,4 +286,4 @@ def prior(law: DrawLaw, n, shape, *, T, generator=None, device=None, dtype=torch
 
 __all__ = ["Radius", "draw", "finish", "perturb", "prior", "draw_dtype", "normal", "nonzero_normal", "uniform",
            "chi", "inverse_radial_cdf", "INVERSE_CDFS", "can_draw_fused", "draw_fused", "philox_seed",
-           "RADIUS_ONE", "RADIUS_CHI", "RADIUS_TANH", "RADIUS_EXP"]
+           "RADIUS_ONE", "RADIUS_CHI", "RADIUS_TANH", "RADIUS_EXP", "RADIUS_USER"]

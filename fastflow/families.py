@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 
 import torch
 
@@ -26,9 +27,12 @@ from ._core import nvtx
 from ._core import validate as V
 from ._core.types import DeviceLike, LogWeight, Shape, Time
 from .field import FieldStats
+from .field import divergence as _divergence
+from .field import flux as _flux
 from .field import logweights as LW
+from .radial import PSI_BUILTINS, UserPsi
 
-__all__ = ["Family", "Poisson", "Gaussian", "RadialCDF", "RectifiedFlow"]
+__all__ = ["Family", "Poisson", "Gaussian", "RadialCDF"]
 
 
 class Family:
@@ -60,6 +64,18 @@ class Family:
     def prior_scale(self, T: torch.Tensor) -> torch.Tensor:
         """The noise scale of the prior: T (the law of x_T without the data term)."""
         return T
+
+    def velocity_coefficients(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A_t, B_t), each (B,), of the velocity f = A_t x + B_t xbar: (1/t, -1/t) here; an affine path's
+        (sigma'/sigma, alpha' - sigma' alpha / sigma). The divergence is then d A_t + B_t tr(dxbar/dx)."""
+        inv = 1.0 / t
+        return inv, -inv
+
+    def log_kernel_constant(self, d: int, tau: torch.Tensor) -> torch.Tensor:
+        """log K of p_t(x | x0) = K exp(l(|x - a_t x0|^2, tau)) in dimension d, tau = ``noise_scale(t)`` (B,):
+        the factor the log-weight l leaves out (:func:`fastflow.field.divergence.log_kernel_constant`)."""
+        kind, p, q = self.weight_params(d)
+        return _divergence.log_kernel_constant(kind, p, q, d, tau)
 
     # -- the public methods ----------------------------------------------------------------------------------------
 
@@ -122,8 +138,11 @@ class Family:
         Returns:
             xbar: (B, *shape) in the dtype of x and ref (which must match; float16/bfloat16 accumulate in float32);
             with ``return_stats``, a tuple (xbar, FieldStats) whose fields are (B,) tensors in the compute dtype.
+
+        Differentiable in x, t (a tensor that requires grad) and ref, xbar and ``stats.log_norm`` alike; on the
+        fast backends the backward streams over ref like the forward (:mod:`fastflow.field.autograd`).
         """
-        res = _field.evaluate(self, x, t, ref, backend=backend, precision=precision, chunk_size=chunk_size)
+        res = self._field(x, t, ref, velocity=False, backend=backend, precision=precision, chunk_size=chunk_size)
         out = res.output(res.xbar)
         return (out, res.stats) if return_stats else out
 
@@ -133,10 +152,82 @@ class Family:
                  precision: str = "ieee", chunk_size: int | None = None) -> torch.Tensor:
         """Exact empirical velocity dx/dt = (x - xbar(x, t)) / t of this family's ODE.
 
-        Args and backends as :meth:`posterior_mean`. Returns (B, *shape) in x's dtype.
+        Args and backends as :meth:`posterior_mean`. Returns (B, *shape) in x's dtype; differentiable in x, t
+        and ref (streamed backward, :mod:`fastflow.field.autograd`).
         """
-        res = _field.evaluate(self, x, t, ref, backend=backend, precision=precision, chunk_size=chunk_size)
-        return res.output((res.x - res.xbar) / res.t[:, None], f"{self!r}.velocity")
+        res = self._field(x, t, ref, velocity=True, backend=backend, precision=precision, chunk_size=chunk_size)
+        return res.output(self._velocity(res), f"{self!r}.velocity")
+
+    @nvtx.annotate("fastflow.family.log_density")
+    @V.checked
+    def log_density(self, x: torch.Tensor, t: Time, ref: torch.Tensor, *, backend: str | None = None,
+                    precision: str = "ieee", chunk_size: int | None = None) -> torch.Tensor:
+        """The normalised log-density log p_t(x) of the perturbed empirical distribution
+        p_t = (1/R) sum_j p_t(. | ref_j): ``FieldStats.log_norm`` plus the kernel's normaliser, minus log R.
+
+        Poisson(D): multivariate Student-t (nu = D, scale t / sqrt(D)).  Gaussian: N(x0, t^2 I).  RadialCDF:
+        Psi'(r/t) / (t r^(d-1) |S^(d-1)|).  RectifiedFlow: N((1 - t) x0, t^2 I).  AffinePath: its source's law
+        scaled by sigma_t around alpha_t x0; a RadialCDF with a user psi: d_r psi / (r^(d-1) |S^(d-1)|).
+        Computed in the log domain (finite at d = 3072 and beyond).
+
+        Args:
+            x: (B, *shape) points.  t: float or (B,) tensor > 0 (in (0, 1] for the paths).  ref: (R, *shape).
+            backend, precision, chunk_size: as :meth:`posterior_mean`.
+
+        Returns:
+            (B,) tensor in the compute dtype (float64 for float64 input, else float32).
+        """
+        res = self._field(x, t, ref, velocity=False, backend=backend, precision=precision, chunk_size=chunk_size)
+        d = math.prod(res.shape[1:])
+        const = self.log_kernel_constant(d, self.noise_scale(res.t)).to(res.log_norm.dtype)
+        return res.log_norm + const - math.log(ref.shape[0])
+
+    @nvtx.annotate("fastflow.family.divergence")
+    @V.checked
+    def divergence(self, x: torch.Tensor, t: Time, ref: torch.Tensor, *, return_velocity: bool = False,
+                   backend: str | None = None, precision: str = "ieee",
+                   chunk_size: int | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The exact divergence div_x f of this family's velocity f (:meth:`velocity`), in one streaming pass.
+
+        With c_j = 2 dl/ds at s_j = |x - a_t ref_j|^2, tr(dxbar/dx) = sum_j w_j c_j (ref_j - xbar) . (x - a_t ref_j)
+        (w the normalised weights), and div f = (d - tr) / t for f = (x - xbar) / t, or d sigma'/sigma +
+        (alpha' - sigma' alpha / sigma) tr for an affine path (docs/math.md, "The divergence and the normalisers").
+        It costs about 1.5x :meth:`velocity` (a third GEMM); ``backend="reference"`` forms the same sum by direct
+        differences, and ``"triton"`` is served by the torch pass. For a RadialCDF with a user psi, the second
+        derivatives of psi by autograd (:meth:`fastflow.radial.UserPsi.divergence_weights`), one pass.
+
+        Args:
+            x: (B, *shape) points.  t: float or (B,) tensor > 0 (in (0, 1] for the paths).  ref: (R, *shape).
+            return_velocity: also return the velocity at (x, t), from the same pass.
+            backend, precision, chunk_size: as :meth:`posterior_mean`.
+
+        Returns:
+            div: (B,) in the compute dtype (float64 for float64 input, else float32); with ``return_velocity``,
+            a tuple (div, velocity), the velocity (B, *shape) in x's dtype as :meth:`velocity` returns it.
+        """
+        return_velocity = V.flag("return_velocity", return_velocity)
+        res, div = self._divergence(x, t, ref, backend=backend, precision=precision, chunk_size=chunk_size)
+        V.require_finite(div, lambda: FloatingPointError(
+            f"{self!r}.divergence overflows {div.dtype}: raise t, or compute in float64"))
+        if not return_velocity:
+            return div
+        return div, res.output(self._velocity(res), f"{self!r}.velocity")
+
+    def _divergence(self, x, t, ref, *, backend: str | None, precision: str,
+                    chunk_size: int | None) -> tuple[_field.FieldResult, torch.Tensor]:
+        """The pass behind :meth:`divergence`: (its FieldResult, div f (B,) in the compute dtype)."""
+        res, tr = _divergence.evaluate(self, x, t, ref, backend=backend, precision=precision, chunk_size=chunk_size)
+        A, Bt = self.velocity_coefficients(res.t)
+        return res, math.prod(res.shape[1:]) * A + Bt * tr
+
+    def _field(self, x, t, ref, *, velocity: bool, backend: str | None, precision: str,
+               chunk_size: int | None) -> _field.FieldResult:
+        """The engine's pass behind :meth:`posterior_mean` (``velocity`` False) and :meth:`velocity`."""
+        return _field.evaluate(self, x, t, ref, backend=backend, precision=precision, chunk_size=chunk_size)
+
+    def _velocity(self, res: _field.FieldResult) -> torch.Tensor:
+        """The (B, d) velocity in the compute dtype from the engine's result: (x - xbar) / t."""
+        return (res.x - res.xbar) / res.t[:, None]
 
 
 class Poisson(Family):
@@ -181,25 +272,63 @@ def _log_sech2(u):
 
 
 class RadialCDF(Family):
-    """The scale family psi_t(r) = Psi(r/t): log w = log Psi'(r/t) - (d-1) log r.
+    """Any radial CDF psi_t(r), the reverse construction: psi is "tanh", "exp" or a callable psi(r, t).
 
-    ``"tanh"``: Psi(s) = tanh s.  ``"exp"``: Psi(s) = 1 - exp(-s).
+    ``"tanh"``: psi_t(r) = tanh(r/t).  ``"exp"``: psi_t(r) = 1 - exp(-r/t). Both are scale families
+    psi_t(r) = Psi(r/t) with closed-form kernels: log w = log Psi'(r/t) - (d-1) log r, velocity (x - xbar) / t.
+
+    A callable ``psi(r, t) -> Tensor`` (elementwise torch ops, differentiable in r and t; r >= 0 and t > 0
+    broadcast) is any CDF in r meeting the seed's conditions: psi_t(0) = 0, psi_t(inf) = 1, increasing in r, and
+    psi_t(r) -> 1 as t -> 0 for r > 0; they are spot-checked at construction on a grid of r and t (ValueError
+    naming the one that fails). ``lam`` (a callable of t, default 0) is the seed's free lambda_t. fastflow derives
+    by autograd in float64
+
+        log phi = log d_r psi - (d - 1) log r,     phi~ = (-d_t psi - lam'_t) / r^d,
+
+    and computes f = sum_j phi~_j (x - x0_j) / sum_j phi_j in one streaming pass (:mod:`fastflow.field.flux`);
+    ``posterior_mean`` is the phi-weighted mean, ``perturb`` / ``prior`` draw the radius psi_t^{-1}(U) by a
+    bisection in log r. For a scale family f reduces to (x - xbar) / t. A string psi with a ``lam`` takes the
+    general construction too. Example::
+
+        fam = fastflow.RadialCDF(lambda r, t: 0.5 - torch.sigmoid(-2 * r / t) + 0.5 * (1 - torch.exp(-r / t**2)))
+
+    Args:
+        psi: "tanh", "exp", or a callable psi(r, t) -> Tensor.
+        lam: None, or a callable lam(t) -> Tensor (elementwise, differentiable).
     """
 
     _LOG_DPSI = {"tanh": _log_sech2, "exp": lambda u: -u}
     _RADIUS = {"tanh": draws.RADIUS_TANH, "exp": draws.RADIUS_EXP}
 
-    def __init__(self, name: str = "tanh"):
-        self.name = V.choice("RadialCDF name", name, tuple(self._LOG_DPSI))
-        self.radius = draws.Radius(self._RADIUS[self.name])  # radius t Psi^{-1}(U) in a uniform direction
+    def __init__(self, psi: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "tanh", *,
+                 lam: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        if isinstance(psi, str):
+            self.name: str | None = V.choice("RadialCDF name", psi, tuple(self._LOG_DPSI))
+            self.user = None if lam is None else UserPsi(PSI_BUILTINS[self.name], lam)
+        else:
+            self.name = None
+            self.user = UserPsi(psi, lam)
+        if self.user is None:
+            self.radius = draws.Radius(self._RADIUS[self.name])  # radius t Psi^{-1}(U) in a uniform direction
+        else:
+            self.radius = draws.Radius(draws.RADIUS_USER, inverse=self.user.inverse)  # psi_t^{-1}(U)
 
     def __repr__(self):
-        return f"RadialCDF({self.name!r})"
+        if self.user is None:
+            return f"RadialCDF({self.name!r})"
+        if self.name is not None:
+            return f"RadialCDF({self.name!r}, lam={self.user.lam_name})"
+        return f"RadialCDF({self.user!r})"
 
     def weight_params(self, d: int) -> tuple[int, float, float]:
+        if self.user is not None:
+            raise NotImplementedError("a user psi has no closed-form kind: the field runs fastflow.field.flux")
         return (LW.TANH if self.name == "tanh" else LW.EXP), 0.0, (d - 1) / 2.0
 
     def reference_log_weight(self, d: int) -> LogWeight:
+        if self.user is not None:
+            user = self.user
+            return lambda r2, t: user.log_weights(r2, t, None, d, False)[0]
         log_dpsi = self._LOG_DPSI[self.name]
 
         def f(r2, t):
@@ -209,28 +338,27 @@ class RadialCDF(Family):
 
         return f
 
+    def _field(self, x, t, ref, *, velocity: bool, backend: str | None, precision: str,
+               chunk_size: int | None) -> _field.FieldResult:
+        if self.user is None:
+            return super()._field(x, t, ref, velocity=velocity, backend=backend, precision=precision,
+                                  chunk_size=chunk_size)
+        return _flux.evaluate(self, self.user, x, t, ref, mean=not velocity, flux=velocity, backend=backend,
+                              precision=precision, chunk_size=chunk_size)
 
-class RectifiedFlow(Family):
-    """Rectified flow x_t = (1 - t) x0 + t eps, t in (0, 1], noise at t = 1.
+    def _velocity(self, res: _field.FieldResult) -> torch.Tensor:
+        return super()._velocity(res) if self.user is None else res.velocity
 
-    The field's weights are exp(-||x - (1-t) ref_j||^2 / (2 t^2)); the velocity v = E[eps - x0 | x_t = x]
-    simplifies to (x - xbar) / t, the same form as the other families.
-    """
+    def _divergence(self, x, t, ref, *, backend: str | None, precision: str,
+                    chunk_size: int | None) -> tuple[_field.FieldResult, torch.Tensor]:
+        if self.user is None:
+            return super()._divergence(x, t, ref, backend=backend, precision=precision, chunk_size=chunk_size)
+        res = _flux.evaluate(self, self.user, x, t, ref, mean=False, flux=True, div=True, backend=backend,
+                             precision=precision, chunk_size=chunk_size)
+        return res, res.divergence
 
-    t_max = 1.0
-
-    def __repr__(self):
-        return "RectifiedFlow()"
-
-    def path_scale(self, t: torch.Tensor) -> torch.Tensor:
-        return 1.0 - t
-
-    def prior_scale(self, T: torch.Tensor) -> torch.Tensor:
-        # the prior is x_1 = eps ~ N(0, I), whatever T
-        return torch.ones_like(T)
-
-    def weight_params(self, d: int) -> tuple[int, float, float]:
-        return LW.GAUSSIAN, 0.5, 0.0
-
-    def reference_log_weight(self, d: int) -> LogWeight:
-        return lambda r2, t: -0.5 * (r2 / t) / t  # not r2 / t^2: t^2 underflows at t = 1e-30 in float32
+    def log_kernel_constant(self, d: int, tau: torch.Tensor) -> torch.Tensor:
+        if self.user is None:
+            return super().log_kernel_constant(d, tau)
+        # p_t(x | x0) = phi_t(r) / |S^(d-1)|, and log_norm already holds log sum_j phi_j (d_r psi included)
+        return torch.full_like(tau, -LW.sphere_log_area(d))

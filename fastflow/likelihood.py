@@ -19,7 +19,8 @@ The divergence is taken one of two ways:
   step-to-step noise for the adaptive solver to chase.
 
 The derivatives come from autograd, or (``derivative="finite_difference"``) from central differences of f, for
-an f that autograd cannot go through (compiled kernels, such as the fast backends of the empirical field).
+an f that autograd cannot go through (compiled kernels without a backward; the empirical field's fast backends
+have a streamed one, fastflow/field/autograd.py).
 """
 from __future__ import annotations
 
@@ -65,7 +66,8 @@ class LikelihoodResult:
     x_T: torch.Tensor
     nfe: torch.Tensor
     success: torch.Tensor
-    #: how the divergence was differentiated: "autograd" or "finite_difference" (what "auto" chose)
+    #: how the divergence was differentiated: "autograd" or "finite_difference" (what "auto" chose), or "field"
+    #: (the closed form of an exact field's ``velocity_and_divergence``, e.g. a :class:`fastflow.Oracle`)
     derivative: str = "autograd"
 
     def bpd(self, offset: float = 0.0) -> torch.Tensor:
@@ -116,8 +118,9 @@ class _Augmented:
     """The augmented right-hand side [f(x, t), div f(x, t)] on flattened rows (n, d + 1), for ``odeint`` with
     ``with_index=True`` (the index picks each row's Hutchinson probes: odeint drops finished rows)."""
 
-    def __init__(self, f, shape, x_dtype, state_dtype, divergence, derivative, probes, fd_step=None):
+    def __init__(self, f, shape, x_dtype, state_dtype, divergence, derivative, probes, fd_step=None, field=None):
         self.f, self.shape, self.x_dtype, self.state_dtype = f, tuple(shape), x_dtype, state_dtype
+        self.field = field  # f.velocity_and_divergence of an exact field (a fastflow.Oracle), or None
         self.d = math.prod(shape)
         self.divergence, self.derivative, self.fd_step = divergence, derivative, fd_step
         self.probes = probes  # (B, P, d) Rademacher in x's dtype, or None for the exact trace
@@ -135,6 +138,10 @@ class _Augmented:
         n, d = z.shape[0], self.d
         x2 = z[:, :d].to(self.x_dtype)
         tx = t.to(self.x_dtype)
+        if self.field is not None:  # the field's closed-form divergence: exact at any d, one pass per evaluation
+            dx, div = self.field(x2.reshape(n, *self.shape), tx)
+            dx = V.f_output(dx, (n, *self.shape), " (f.velocity_and_divergence)")
+            return torch.cat((dx.reshape(n, d).to(self.state_dtype), div.reshape(n, 1).to(self.state_dtype)), dim=1)
         v = self._directions(idx, n)  # (n, P, d)
         if self.derivative == "auto":  # the first evaluation decides, once for the whole integration
             try:
@@ -235,8 +242,12 @@ def log_likelihood(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: t
 
     Args:
         f: the velocity ``f(x, t) -> dx/dt``, x (n, *shape) and t (n,) in x's dtype, n <= B the samples still
-            integrating. Rows must be independent (row i of f depends only on row i of x: no batch statistics),
-            since one VJP serves all rows. With ``derivative="autograd"`` f must be differentiable in x; it is run
+            integrating. An exact empirical field, ``fastflow.Oracle(fam, ref)`` (or any f with a method
+            ``velocity_and_divergence(x, t) -> (dx/dt, div f (n,))``), brings its own exact divergence
+            (:meth:`fastflow.Family.divergence`, one streaming pass per evaluation, at any d): it is used with the
+            defaults (``divergence`` None or "exact", ``derivative="auto"``; result ``derivative == "field"``).
+            Rows must be independent (row i of f depends only on row i of x: no batch statistics), since one VJP
+            serves all rows. With ``derivative="autograd"`` f must be differentiable in x; it is run
             under ``torch.enable_grad()`` even when log_likelihood is called under ``torch.no_grad()``.
         x: (B, *shape) points at time t0, float16/bfloat16/float32/float64, finite.
         t0: float or (B,) tensor, the time of x (e.g. t_min, near the data).
@@ -293,8 +304,13 @@ def log_likelihood(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: t
         raise ValueError(f"x must have at least one element per sample, got shape {tuple(x.shape)}")
     t0 = _time_arg("t0", t0, B, device)
     t1 = _time_arg("t1", t1, B, device)
+    # an exact field (fastflow.Oracle, or any f with velocity_and_divergence(x, t) -> (dx/dt, div f)) brings its
+    # own closed-form divergence: used unless the call asks for Hutchinson or a particular derivative
+    field = getattr(f, "velocity_and_divergence", None)
+    if not callable(field) or divergence not in (None, "exact") or derivative != "auto":
+        field = None
     if divergence is None:
-        divergence = "exact" if d <= EXACT_MAX_DIM else "hutchinson"
+        divergence = "exact" if d <= EXACT_MAX_DIM or field is not None else "hutchinson"
     V.choice("divergence", divergence, DIVERGENCES)
     V.choice("derivative", derivative, DERIVATIVES)
     n_probes = V.count("n_probes", n_probes, minimum=1)
@@ -312,7 +328,8 @@ def log_likelihood(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: t
         if divergence == "hutchinson":
             r = torch.randint(0, 2, (B, int(n_probes), d), generator=generator, device=device)
             probes = (2 * r - 1).to(x.dtype)  # Rademacher: E[eps eps^T] = I, and eps^T eps = d exactly
-        rhs = _Augmented(f, shape, x.dtype, state_dtype, divergence, derivative, probes, fd_step)
+        rhs = _Augmented(f, shape, x.dtype, state_dtype, divergence, "field" if field is not None else derivative,
+                         probes, fd_step, field)
         z0 = torch.cat((x_det.reshape(B, d).to(state_dtype), x_det.new_zeros(B, 1, dtype=state_dtype)), dim=1)
         res = odeint(rhs, z0, t0, t1, method=method, rtol=rtol, atol=atol, steps=steps, max_steps=max_steps,
                      progress=progress, with_index=True)

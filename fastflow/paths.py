@@ -33,7 +33,7 @@ from .families import Family
 from .field import logweights as LW
 from .schedulers import CondOT, Scheduler
 
-__all__ = ["AffinePath", "PathSample", "StudentT", "SOURCES"]
+__all__ = ["AffinePath", "RectifiedFlow", "PathSample", "StudentT", "SOURCES"]
 
 SOURCES = ("gaussian",)
 
@@ -122,6 +122,17 @@ class AffinePath(Family):
             return lambda r2, s: -p * torch.logaddexp(2.0 * torch.log(s), torch.log(r2))
         return lambda r2, s: -0.5 * (r2 / s) / s
 
+    def velocity_coefficients(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sigma'_t / sigma_t, alpha'_t - sigma'_t alpha_t / sigma_t), each (B,): f = A_t x + B_t xbar."""
+        c = self.scheduler(t)
+        ratio = c.d_sigma / c.sigma
+        return ratio, c.d_alpha - ratio * c.alpha
+
+    def _velocity(self, res: _field.FieldResult) -> torch.Tensor:
+        """The (B, d) velocity A_t x + B_t xbar from the engine's result, as :meth:`velocity` forms it."""
+        A, Bt = self.velocity_coefficients(res.t)
+        return A[:, None] * res.x + Bt[:, None] * res.xbar
+
     # -- the velocity of the path, and its training draw -----------------------------------------------------------
 
     @nvtx.annotate("fastflow.path.prior")
@@ -143,13 +154,10 @@ class AffinePath(Family):
                 chunk_size: as :meth:`fastflow.Family.posterior_mean`.
 
         Returns:
-            (B, *shape) in x's dtype.
+            (B, *shape) in x's dtype; differentiable in x, t and ref (through the scheduler's coefficients too).
         """
-        res = _field.evaluate(self, x, t, ref, backend=backend, precision=precision, chunk_size=chunk_size)
-        c = self.scheduler(res.t)
-        ratio = c.d_sigma / c.sigma
-        v = ratio[:, None] * res.x + (c.d_alpha - ratio * c.alpha)[:, None] * res.xbar
-        return res.output(v, f"{self!r}.velocity")
+        res = self._field(x, t, ref, velocity=True, backend=backend, precision=precision, chunk_size=chunk_size)
+        return res.output(self._velocity(res), f"{self!r}.velocity")
 
     @nvtx.annotate("fastflow.path.sample")
     @V.checked
@@ -193,3 +201,22 @@ class AffinePath(Family):
         x_t = draws.finish(a * x0d + s * x1d, x0.dtype, x0.shape, f"{self!r}.sample")
         dx_t = draws.finish(da * x0d + ds * x1d, x0.dtype, x0.shape, f"{self!r}.sample")
         return PathSample(x_t=x_t, dx_t=dx_t, x0=x0, x1=x1.to(x0.dtype), t=tt.to(cdt))
+
+
+class RectifiedFlow(AffinePath):
+    """Rectified flow x_t = (1 - t) x0 + t eps, t in (0, 1], noise at t = 1: ``AffinePath(CondOT())``.
+
+    The field's weights are exp(-||x - (1-t) ref_j||^2 / (2 t^2)); the velocity v = E[eps - x0 | x_t = x] is
+    written (x - xbar) / t, the same form as the other families (the path's (sigma'/sigma) x + (alpha' -
+    sigma' alpha / sigma) xbar with one rounding less). Everything else is the path's: ``sample``, ``prior``
+    (N(0, I), T checked to lie in (0, 1] and otherwise unused), ``log_density``, ``divergence``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(CondOT())
+
+    def __repr__(self) -> str:
+        return "RectifiedFlow()"
+
+    velocity_coefficients = Family.velocity_coefficients  # (1/t, -1/t)
+    _velocity = Family._velocity                          # (x - xbar) / t

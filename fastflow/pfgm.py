@@ -43,7 +43,8 @@ def target(x: torch.Tensor, z: Time, ref: torch.Tensor, *, gamma: float = 5.0, b
         backend, precision, chunk_size: as :meth:`fastflow.Poisson.posterior_mean`.
 
     Returns:
-        (B, d+1) tensor, d = prod(shape); the last column is the z part.
+        (B, d+1) tensor, d = prod(shape); the last column is the z part. Differentiable in x, z and ref (the
+        field's streamed backward, :mod:`fastflow.field.autograd`).
     """
     if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not math.isfinite(gamma) or gamma < 0:
         raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
@@ -53,8 +54,9 @@ def target(x: torch.Tensor, z: Time, ref: torch.Tensor, *, gamma: float = 5.0, b
     E[:, :d] = res.xbar - res.x  # (a strided out= view would stop torch.compile)
     E[:, d] = -res.t
     # ||E|| as m ||E / m||, m = max |E_k|: z^2 overflows float32 beyond z = 1.8e19 while the direction is exact
-    m = E.abs().amax(dim=1, keepdim=True).clamp_min_(torch.finfo(E.dtype).tiny)
-    E.mul_(math.sqrt(d) / (m * torch.linalg.vector_norm(E / m, dim=1, keepdim=True) + gamma))
+    m = E.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(E.dtype).tiny)  # (B, 1); amax keeps its result
+    scale = math.sqrt(d) / (m * torch.linalg.vector_norm(E / m, dim=1, keepdim=True) + gamma)
+    E = E * scale if E.requires_grad else E.mul_(scale)  # autograd keeps E (for abs and E / m): not in place
     return E.to(res.dtype)
 
 

@@ -219,6 +219,16 @@ class Oracle:
         self.rows += x.shape[0]
         return self.family.velocity(x, t, self.ref, backend=self.backend, precision=self.precision)
 
+    def velocity_and_divergence(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(velocity (B, *shape) in x's dtype, exact divergence (B,) in the compute dtype), from one pass of the
+        field (:meth:`fastflow.Family.divergence`); :func:`fastflow.log_likelihood` uses it for the exact trace.
+        Counts as one call."""
+        self.calls += 1
+        self.rows += x.shape[0]
+        div, v = self.family.divergence(x, t, self.ref, return_velocity=True, backend=self.backend,
+                                        precision=self.precision)
+        return v, div
+
     def nearest(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """For each row of x: (index of the nearest reference point (B,) int64, its distance (B,) float64)."""
         x2 = x.reshape(x.shape[0], -1).double()

@@ -57,10 +57,11 @@ def _times(t) -> torch.Tensor:
 
 def _autograd_derivative(fn: TimeFn, t: torch.Tensor) -> torch.Tensor:
     """d fn / dt elementwise, by one backward pass (fn acts elementwise, so the sum's gradient is the derivative)."""
+    create = torch.is_grad_enabled() and t.requires_grad  # differentiable itself (autograd through the field's t)
     with torch.enable_grad():
-        tt = t.detach().requires_grad_(True)
+        tt = t if create else t.detach().requires_grad_(True)
         y = fn(tt)
-        (g,) = torch.autograd.grad(y.sum(), tt, allow_unused=True)
+        (g,) = torch.autograd.grad(y.sum(), tt, create_graph=create, allow_unused=True)
     return torch.zeros_like(t) if g is None else g
 
 
@@ -77,6 +78,9 @@ class Scheduler:
 
     #: whether the construction checks the end points (VP does not meet alpha_1 = 0)
     _exact_ends = True
+    #: whether the construction checks the callables at all: the built-in schedules below are exact by their
+    #: formulas (their tests check them), and skipping lets them be built inside torch.compile (no host read)
+    _checks = True
 
     def __init__(self, alpha: TimeFn, sigma: TimeFn, d_alpha: TimeFn | None = None,
                  d_sigma: TimeFn | None = None) -> None:
@@ -88,7 +92,8 @@ class Scheduler:
                 raise TypeError(f"{name} must be a callable t -> tensor or None (autograd), got {type(fn).__name__}")
         self._alpha, self._sigma = alpha, sigma
         self._d_alpha, self._d_sigma = d_alpha, d_sigma
-        self._check()
+        if self._checks:
+            self._check()
 
     def _check(self) -> None:
         grid = torch.linspace(0.0, 1.0, 101, dtype=torch.float64)
@@ -135,6 +140,8 @@ class Scheduler:
 class CondOT(Scheduler):
     """alpha = 1 - t, sigma = t: the straight path of rectified flow (flow_matching's CondOTScheduler)."""
 
+    _checks = False
+
     def __init__(self) -> None:
         super().__init__(lambda t: 1.0 - t, lambda t: t.clone(), lambda t: -torch.ones_like(t), torch.ones_like)
 
@@ -144,6 +151,8 @@ class CondOT(Scheduler):
 
 class Cosine(Scheduler):
     """alpha = cos(pi t / 2), sigma = sin(pi t / 2) (flow_matching's CosineScheduler)."""
+
+    _checks = False
 
     def __init__(self) -> None:
         h = math.pi / 2
@@ -156,6 +165,8 @@ class Cosine(Scheduler):
 
 class Polynomial(Scheduler):
     """alpha = (1 - t)^n, sigma = 1 - (1 - t)^n, n > 0 (flow_matching's PolynomialConvexScheduler)."""
+
+    _checks = False
 
     def __init__(self, n: float) -> None:
         if isinstance(n, bool) or not isinstance(n, numbers.Real) or not (math.isfinite(n) and n > 0):
@@ -175,6 +186,8 @@ class LinearVP(Scheduler):
     d sigma / dt = (1 - t) / sigma is infinite at t = 0; it is returned as inf there.
     """
 
+    _checks = False
+
     def __init__(self) -> None:
         super().__init__(lambda t: 1.0 - t, lambda t: torch.sqrt(t * (2.0 - t)),
                          lambda t: -torch.ones_like(t), lambda t: (1.0 - t) / torch.sqrt(t * (2.0 - t)))
@@ -190,6 +203,8 @@ class VP(Scheduler):
     sigma is computed as sqrt(-expm1(-T)), accurate near t = 0; d sigma / dt = T' e^{-T} / (2 sigma) is inf at
     t = 0.
     """
+
+    _checks = False
 
     _exact_ends = False
 

@@ -31,7 +31,8 @@ def pfgmpp_target(x: torch.Tensor, sigma: Time, ref: torch.Tensor, *, D: float, 
         ref: (R, *shape) reference batch.  D: augmented dimensions (>= 1).
 
     Returns:
-        (B, *shape) xbar, the regression target of a denoiser network trained on x0.
+        (B, *shape) xbar, the regression target of a denoiser network trained on x0; differentiable in x, sigma
+        and ref (streamed backward, :mod:`fastflow.field.autograd`).
     """
     res = evaluate(Poisson(D=D), x, _sigma(sigma, x) * math.sqrt(D), ref, t_name="sigma * sqrt(D)",
                    backend=backend, precision=precision, chunk_size=chunk_size)
@@ -48,7 +49,7 @@ def stf_target(x: torch.Tensor, sigma: Time, ref: torch.Tensor, *, backend: str 
         x: (B, *shape) perturbed points.  sigma: float or (B,) tensor > 0.  ref: (R, *shape) reference batch.
 
     Returns:
-        (B, *shape) xbar.
+        (B, *shape) xbar; differentiable in x, sigma and ref (as :func:`pfgmpp_target`).
     """
     res = evaluate(Gaussian(), x, sigma, ref, t_name="sigma", backend=backend, precision=precision,
                    chunk_size=chunk_size)

@@ -351,8 +351,8 @@ def test_cpu_field_never_touches_the_matmul_flag():
 # 10. log_likelihood's defaults over the field engine
 
 def test_log_likelihood_defaults_work_with_the_field_engine():
-    """The fast backends have no autograd: the default derivative="auto" takes finite differences there and
-    autograd through the reference backend; both give the same log-likelihood."""
+    """The default derivative="auto" takes autograd through the fast backends (their streamed backward,
+    fastflow/field/autograd.py) and through the reference backend; both give the same log-likelihood."""
     ref = torch.rand(16, 4, dtype=torch.float64) * 2 - 1
     fam = fastflow.Gaussian()
 
@@ -363,7 +363,7 @@ def test_log_likelihood_defaults_work_with_the_field_engine():
     exact = fastflow.log_likelihood(lambda x, t: fam.velocity(x, t, ref, backend="reference"), ref[:3] + 0.1,
                                     0.1, 10.0, prior)
     print(fast.logp, exact.logp)
-    assert fast.derivative == "finite_difference" and exact.derivative == "autograd"
+    assert fast.derivative == "autograd" and exact.derivative == "autograd"
     assert torch.allclose(fast.logp, exact.logp, rtol=1e-5, atol=1e-5)
 
 

@@ -40,6 +40,21 @@ def test_schedules_match_their_formulas(sched, alpha, sigma):
         assert abs(float(c.alpha[-1])) < 1e-15 and float(c.sigma[-1]) == 1
 
 
+@pytest.mark.parametrize("sched", [S.CondOT(), S.Cosine(), S.Polynomial(2.5), S.LinearVP(), S.VP()])
+def test_builtin_schedules_pass_the_construction_checks(sched):
+    # built without them (so that a path can be built inside torch.compile); the checks hold all the same
+    assert not sched._checks
+    sched._check()
+
+
+def test_autograd_derivative_is_differentiable_in_t():
+    # a Scheduler from callables: d sigma / dt by autograd, itself differentiable (create_graph) where t needs grad
+    sched = S.Scheduler(lambda t: 1 - t**3, lambda t: t**3)
+    t = torch.tensor([0.2, 0.7], dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(sched(t).d_sigma.sum(), t)
+    torch.testing.assert_close(g, 6 * t.detach())
+
+
 def test_vp_end_point_and_float32():
     c = S.VP()(torch.tensor([1.0], dtype=torch.float64))
     assert float(c.alpha) == pytest.approx(math.exp(-(0.1 + 20.0) / 4), rel=1e-12)

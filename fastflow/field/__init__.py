@@ -17,6 +17,7 @@ the Triton tiles are untuned, and their fp32 dot runs on the FMA units. ``FASTFL
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,13 +26,14 @@ import torch
 from .._core import dispatch, loader, nvtx
 from .._core import validate as V
 from .._core.dispatch import BACKENDS, PRECISIONS
+from . import autograd as _autograd
 from .reference import field_reference
 from .torch_backend import field_torch
 
 if loader.has_triton():  # registers torch.ops.fastflow.field_triton (a triton_op), so torch.compile finds it
     from .triton_backend import field_triton
 
-__all__ = ["evaluate", "FieldResult", "FieldStats", "Law", "BACKENDS", "PRECISIONS"]
+__all__ = ["evaluate", "prepare", "Prepared", "FieldResult", "FieldStats", "Law", "BACKENDS", "PRECISIONS"]
 
 
 class Law(Protocol):
@@ -80,6 +82,9 @@ class FieldResult:
         ess: (B,) effective sample size.
         dtype: the result dtype of the call (x's and ref's dtype).
         shape: (B, *shape) the queries' shape.
+        velocity: (B, d) the velocity where the engine forms it itself (a user's radial CDF,
+            :mod:`.flux`), else None.
+        divergence: (B,) its divergence where the pass formed it (:mod:`.flux` with ``div``), else None.
     """
 
     xbar: torch.Tensor
@@ -89,6 +94,8 @@ class FieldResult:
     ess: torch.Tensor
     dtype: torch.dtype
     shape: tuple[int, ...]
+    velocity: torch.Tensor | None = None
+    divergence: torch.Tensor | None = None
 
     @property
     def stats(self) -> FieldStats:
@@ -119,23 +126,62 @@ def evaluate(law: Law, x, t, ref, *, t_name: str = "t", backend: str | None = No
     Returns:
         :class:`FieldResult`.
     """
-    x2, ref2 = V.points_and_ref(x, ref)  # the same dtype and device (checked)
-    dtype = x2.dtype
-    cdt = dispatch.compute_dtype(dtype)
-    dispatch.precision(precision, x2.device)
-    chunk_size = V.chunk_size("chunk_size", chunk_size)
-    tt = V.times(t_name, t, x2.shape[0], dtype=cdt, device=x2.device, upper=law.t_max)
-    B, d = x2.shape
-    shape = (B,) + tuple(x.shape[1:])
-    if B == 0:
-        z = torch.zeros(0, dtype=cdt, device=x2.device)
-        return FieldResult(x2.new_zeros(0, d, dtype=cdt), x2.to(cdt), tt, z, z, dtype, shape)
+    pre = prepare(law, x, t, ref, t_name=t_name, precision=precision, chunk_size=chunk_size)
+    if pre.B == 0:
+        return pre.empty()
+    x2, ref2, tt, d, chunk_size = pre.x2, pre.ref2, pre.t, pre.d, pre.chunk_size
     # the log-weight's time is the noise scale s_t of x_t = a_t x0 + s_t rho g (t itself but for affine paths)
     xbar, log_norm, ess = _run(x2, law.noise_scale(tt), ref2, a=law.path_scale(tt), params=law.weight_params(d),
                                log_weight_ref=law.reference_log_weight(d), backend=backend, precision=precision,
                                chunk_size=chunk_size)
     check_finite(f"{law!r}", xbar, log_norm)
-    return FieldResult(xbar, x2.to(cdt), tt, log_norm, ess, dtype, shape)
+    return pre.result(xbar, log_norm, ess)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A field call's validated inputs: x2 (B, d) and ref2 (R, d) flattened (same dtype and device), t (B,) in
+    the compute dtype ``cdt``, the call's ``dtype`` and (B, *shape) ``shape``, the checked ``chunk_size``."""
+
+    x2: torch.Tensor
+    ref2: torch.Tensor
+    t: torch.Tensor
+    dtype: torch.dtype
+    cdt: torch.dtype
+    shape: tuple[int, ...]
+    chunk_size: int | None
+
+    @property
+    def B(self) -> int:
+        return self.x2.shape[0]
+
+    @property
+    def d(self) -> int:
+        return self.x2.shape[1]
+
+    def result(self, xbar, log_norm, ess, **extra) -> FieldResult:
+        return FieldResult(xbar, self.x2.to(self.cdt), self.t, log_norm, ess, self.dtype, self.shape, **extra)
+
+    def empty(self, **extra) -> FieldResult:
+        """The B = 0 result; where x requires grad, on its graph (a loss over an empty batch still
+        backpropagates). ``extra`` names the optional fields to fill with empty tensors too."""
+        x = self.x2.to(self.cdt)
+        z = torch.zeros(0, dtype=self.cdt, device=x.device)
+        xbar = x * 0.0 if _autograd.needs_grad(self.x2) else x.new_zeros(0, self.d)
+        fill = {"velocity": xbar, "divergence": z}
+        return self.result(xbar, z, z, **{k: fill[k] for k in extra})
+
+
+def prepare(law: Law, x, t, ref, *, t_name: str = "t", precision: str = "ieee",
+            chunk_size: int | None = None) -> Prepared:
+    """Validate a field call (the checks every engine shares, with their errors): x and ref points of the same
+    dtype and device, the precision for the device, chunk_size, and t (> 0, at most ``law.t_max``)."""
+    x2, ref2 = V.points_and_ref(x, ref)  # the same dtype and device (checked)
+    cdt = dispatch.compute_dtype(x2.dtype)
+    dispatch.precision(precision, x2.device)
+    chunk_size = V.chunk_size("chunk_size", chunk_size)
+    tt = V.times(t_name, t, x2.shape[0], dtype=cdt, device=x2.device, upper=law.t_max)
+    return Prepared(x2, ref2, tt, x2.dtype, cdt, (x2.shape[0],) + tuple(x.shape[1:]), chunk_size)
 
 
 @nvtx.annotate("fastflow.field")
@@ -149,6 +195,11 @@ def _run(x2, t, ref2, *, a, params, log_weight_ref, backend=None, precision="iee
     if name == "reference":
         cdt = dispatch.compute_dtype(x2.dtype)
         return field_reference(x2.to(cdt), ref2.to(cdt), t, a, log_weight_ref)
+    if _autograd.needs_grad(x2, t, ref2, a):  # the engine as forward, a streamed backward (.autograd)
+        run = functools.partial(_run, params=params, log_weight_ref=log_weight_ref, backend=name,
+                                precision=precision, chunk_size=chunk_size)
+        return _autograd.field_grad(lambda x_, t_, ref_, a_: run(x_, t_, ref_, a=a_), x2, t, ref2, a, kind, p, q,
+                                    chunk_size)
     if name == "triton" and x2.dtype != torch.float64:
         if V.compiling() and x2.device.type != "cuda":
             raise NotImplementedError(

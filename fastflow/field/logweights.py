@@ -42,6 +42,12 @@ LOG2 = math.log(2.0)
 TINY = 1.1754943508222875e-38
 
 
+def sphere_log_area(d: int) -> float:
+    """log |S^(d-1)| = log(2 pi^(d/2) / Gamma(d/2)), the area of the unit sphere in R^d (the radial kernels'
+    normaliser: p_t(x | x0) = d_r psi_t(r) / (r^(d-1) |S^(d-1)|))."""
+    return math.log(2.0) + 0.5 * d * math.log(math.pi) - math.lgamma(0.5 * d)
+
+
 def log_weight(s: torch.Tensor, t: torch.Tensor, kind: int, p: float, q: float) -> torch.Tensor:
     """l(s, t) of ``kind`` for ``s`` >= 0 and ``t`` > 0 (broadcasting); used for the log-normaliser only."""
     if kind == POISSON:

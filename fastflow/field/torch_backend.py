@@ -76,6 +76,37 @@ def chunk_rows(B: int, d: int, itemsize: int, budget_mb: float | None = None) ->
     return max(16, int(budget_mb * 2**20) // per_row)
 
 
+def centring(x, ref, a, cdt):
+    """(c, xc, xn, yn) of the streaming passes: the centre c (None where the data need none), x - a c, its squared
+    row norms, and (uncentred only) the reference rows' squared norms (else None).
+
+    ||x||^2 + ||y||^2 - 2 x.y cancels in proportion to ||x||^2: centring on the reference mean c (distances are
+    unchanged) helps when the data sit away from the origin. It costs a pass writing (y - c) per chunk, ~30% of
+    the two GEMMs on a CPU, so where a host read is free (the CPU) it is skipped when ||c||^2 is under 10% of the
+    spread E||y - c||^2 (then it would remove less than 10% of the error), e.g. for pixels in [-1, 1]. On CUDA
+    that test would be a host read (a stall) and always centring costs less than one.
+    """
+    c = torch.mean(ref, dim=0, dtype=cdt)
+    yn_raw = None
+    if V.reads_are_free(x.device):
+        yn_raw = torch.linalg.vector_norm(ref, dim=1, dtype=cdt).square_()
+        cc = float(c @ c)
+        centre = cc > 0.1 * max(float(yn_raw.mean()) - cc, 0.0)
+    else:
+        centre = True
+    xc = x.to(cdt) - a[:, None] * c if centre else x.to(cdt)
+    return (c if centre else None), xc, torch.linalg.vector_norm(xc, dim=1).square_(), (None if centre else yn_raw)
+
+
+def chunk(ref, start: int, C: int, c, yn_raw, cdt):
+    """(yc, yn): reference rows start..start+C in the compute dtype, centred on c (unless c is None), and their
+    squared norms (from ``yn_raw`` when uncentred): see :func:`centring`."""
+    if c is not None:
+        yc = ref[start:start + C].to(cdt) - c
+        return yc, torch.linalg.vector_norm(yc, dim=1).square_()
+    return ref[start:start + C].to(cdt), yn_raw[start:start + C]
+
+
 def field_torch(x, ref, t, a, kind, p, q, *, precision="ieee", chunk_size=None, use_ext=True):
     """Streaming posterior mean. x: (B, d), ref: (R, d), t, a: (B,) in the compute dtype.
 
@@ -84,20 +115,7 @@ def field_torch(x, ref, t, a, kind, p, q, *, precision="ieee", chunk_size=None, 
     B, d = x.shape
     R = ref.shape[0]
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
-    # ||x||^2 + ||y||^2 - 2 x.y cancels in proportion to ||x||^2: centring on the reference mean c (distances
-    # are unchanged) helps when the data sit away from the origin. It costs a pass writing (y - c) per chunk,
-    # ~30% of the two GEMMs on a CPU, so where a host read is free (the CPU) it is skipped when ||c||^2 is under
-    # 10% of the spread E||y - c||^2 (then it would remove less than 10% of the error), e.g. for pixels in
-    # [-1, 1]. On CUDA that test would be a host read (a stall) and always centring costs less than one.
-    c = torch.mean(ref, dim=0, dtype=cdt)
-    if V.reads_are_free(x.device):
-        yn_raw = torch.linalg.vector_norm(ref, dim=1, dtype=cdt).square_()
-        cc = float(c @ c)
-        centre = cc > 0.1 * max(float(yn_raw.mean()) - cc, 0.0)
-    else:
-        centre = True
-    xc = x.to(cdt) - a[:, None] * c if centre else x.to(cdt)
-    xn = torch.linalg.vector_norm(xc, dim=1).square_()
+    c, xc, xn, yn_raw = centring(x, ref, a, cdt)
     acc = None  # (B, d) running weighted sum, created by the first chunk's GEMM (no zero-fill pass)
     mmin = torch.full((B,), float("inf"), dtype=cdt, device=x.device)
     jmin = torch.zeros(B, dtype=torch.int64, device=x.device)
@@ -108,12 +126,7 @@ def field_torch(x, ref, t, a, kind, p, q, *, precision="ieee", chunk_size=None, 
     xq = xc.to(mm_dtype)
     with dispatch.fp32_matmul_precision(precision, x.device):
         for start in range(0, R, C):
-            if centre:
-                yc = ref[start:start + C].to(cdt) - c
-                yn = torch.linalg.vector_norm(yc, dim=1).square_()
-            else:
-                yc = ref[start:start + C].to(cdt)
-                yn = yn_raw[start:start + C]
+            yc, yn = chunk(ref, start, C, c, yn_raw, cdt)
             yq = yc.to(mm_dtype)
             dots = torch.mm(xq, yq.t()).to(cdt)
             alpha = _step(dots, xn, yn, t, a, mmin, jmin, l, l2, start, kind, p, q, use_ext)
@@ -125,6 +138,6 @@ def field_torch(x, ref, t, a, kind, p, q, *, precision="ieee", chunk_size=None, 
             else:
                 acc.mul_(alpha[:, None]).add_(wsum)
     xbar = acc.div_(l[:, None])
-    if centre:
+    if c is not None:
         xbar += c
     return xbar, exact_log_norm(x, ref, t, a, jmin, l, kind, p, q), l * l / l2

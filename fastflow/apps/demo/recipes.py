@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from ... import pfgm as _pfgm
-from ...families import Gaussian, Poisson, RectifiedFlow
+from ...families import Gaussian, Poisson
+from ...paths import RectifiedFlow
 from ...samplers import edm_sample, flow_sample
 from ...targets import pfgmpp_target, stf_target
 from .data import SHAPE
