@@ -248,7 +248,7 @@ class DrawLaw(Protocol):
     """What :func:`perturb` and :func:`prior` need of a family (:class:`fastflow.Family` implements it)."""
 
     t_max: float | None
-    radius: Radius
+    radius: Radius | None
 
     def path_scale(self, t: torch.Tensor) -> torch.Tensor: ...
 
@@ -257,29 +257,38 @@ class DrawLaw(Protocol):
     def prior_scale(self, T: torch.Tensor) -> torch.Tensor: ...
 
 
+def _radius(law: DrawLaw) -> Radius:
+    if law.radius is None:  # a Family subclass that states no law of the noise: refuse rather than draw another
+        raise NotImplementedError(f"{law!r} states no radius law (Family.radius, a fastflow.draws.Radius): its "
+                                  "perturbation and prior cannot be drawn")
+    return law.radius
+
+
 def perturb(law: DrawLaw, x0, t, *, generator=None) -> torch.Tensor:
     """x_t = a_t x0 + s_t rho g per row of x0 (B, *shape), s_t = noise_scale(t) (t but for affine paths); t a
     float or (B,) tensor. See Family.perturb."""
+    radius = _radius(law)
     x0 = V.tensor("x0", x0)
     B, d = x0.shape[0], math.prod(x0.shape[1:])
     if d == 0:
         raise ValueError(f"x0 must have at least one element per point, got shape {tuple(x0.shape)}")
     V.generator("generator", generator, x0.device)
     tt = V.times("t", t, B, dtype=torch.float64, device=x0.device, upper=law.t_max)
-    x = draw(x0.reshape(B, d), law.path_scale(tt), law.noise_scale(tt), B, d, law.radius, generator=generator,
+    x = draw(x0.reshape(B, d), law.path_scale(tt), law.noise_scale(tt), B, d, radius, generator=generator,
              device=x0.device, dtype=x0.dtype)
     return finish(x, x0.dtype, x0.shape, f"{law!r}.perturb")
 
 
 def prior(law: DrawLaw, n, shape, *, T, generator=None, device=None, dtype=torch.float32) -> torch.Tensor:
     """n draws of prior_scale(T) rho g, shape (n, *shape). See Family.prior."""
+    radius = _radius(law)
     n = V.count("n", n)
     shape = V.point_shape("shape", shape)
     dtype = V.float_dtype("dtype", dtype)
     device = V.sample_device(device, generator)
     V.generator("generator", generator, device)
     TT = V.times("T", T, n, dtype=torch.float64, device=device, upper=law.t_max)
-    x = draw(None, None, law.prior_scale(TT), n, math.prod(shape), law.radius, generator=generator, device=device,
+    x = draw(None, None, law.prior_scale(TT), n, math.prod(shape), radius, generator=generator, device=device,
              dtype=dtype)
     return finish(x, dtype, (n,) + shape, f"{law!r}.prior")
 

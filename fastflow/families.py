@@ -41,17 +41,20 @@ class Family:
     #: largest allowed t (None: unbounded)
     t_max: float | None = None
     #: the law of the per-row radius factor rho of the noise t rho g
-    radius: draws.Radius = draws.Radius()
+    radius: draws.Radius | None = None
 
     # -- the laws ------------------------------------------------------------------------------------------------
 
     def weight_params(self, d: int) -> tuple[int, float, float]:
         """(kind, p, q) of :mod:`fastflow.field.logweights` for dimension d."""
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__} states no log-weight kind of fastflow.field.logweights: the engine knows the "
+            "built-in kernels only. Build a new construction with fastflow.RadialCDF(psi) (any radial CDF, as a "
+            "callable) or fastflow.AffinePath(scheduler, source) (any schedule)")
 
     def reference_log_weight(self, d: int) -> LogWeight:
         """The log-weight written straight from the formula, as f(r2, t); used by the reference backend."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} states no reference log-weight")
 
     def path_scale(self, t: torch.Tensor) -> torch.Tensor:
         """a_t of the path x_t = a_t x0 + noise: the field compares x with a_t * ref_j (1 unless overridden)."""
@@ -255,6 +258,8 @@ class Poisson(Family):
 
 class Gaussian(Family):
     """VE / EDM diffusion: log w = -r^2 / (2 t^2); t is sigma."""
+
+    radius = draws.Radius()  # rho = 1
 
     def __repr__(self):
         return "Gaussian()"

@@ -94,6 +94,7 @@ class AffinePath(Family):
         else:
             self.source = V.choice("source", source, SOURCES)
             self._noise_factor = 1.0
+            self.radius = draws.Radius()  # rho = 1: x1 ~ N(0, I)
 
     def __repr__(self) -> str:
         src = "" if self.source == "gaussian" else f", source={self.source!r}"

@@ -320,3 +320,18 @@ def test_divergence_refuses_autograd():
     x, t, ref = data(2, 5, 3)
     with pytest.raises(NotImplementedError, match="not differentiable"):
         fastflow.RadialCDF(mixed_psi).divergence(x.requires_grad_(True), t, ref)
+
+
+def test_a_family_subclass_without_its_laws_is_refused_not_misdrawn():
+    # before: "kind must be 0..3" from the engine, and a perturbation silently drawn from another law
+    class Mine(fastflow.Family):
+        def reference_log_weight(self, d):
+            return lambda r2, t: -r2 / t
+
+    x, t, ref = data(2, 5, 3)
+    with pytest.raises(NotImplementedError, match="RadialCDF"):
+        Mine().velocity(x, t, ref)
+    with pytest.raises(NotImplementedError, match="radius law"):
+        Mine().perturb(x, t)
+    with pytest.raises(NotImplementedError, match="radius law"):
+        Mine().prior(2, 3, T=1.0)

@@ -279,3 +279,35 @@ def test_pfgm_sample_bad_input():
         pfgm.sample(net, x, z_max=40.0, vz_max=0.0)
     with pytest.raises(ValueError, match="method"):
         pfgm.sample(net, x, z_max=40.0, method="RK45")
+
+
+def _mixed_psi(r, t):
+    return 0.5 - torch.sigmoid(-2.0 * r / t) + 0.5 * (1.0 - torch.exp(-r / t**2))
+
+
+@pytest.mark.parametrize("make,T,t_min", [
+    pytest.param(lambda: fastflow.AffinePath(fastflow.schedulers.Cosine()), 1.0, 1e-3, id="affine-cosine"),
+    pytest.param(lambda: fastflow.AffinePath(fastflow.schedulers.Polynomial(2.0)), 1.0, 1e-3, id="affine-poly2"),
+    # its second shell has radius ~t^2: t_min = 0.03 keeps it (1e-3) well above the solver's atol
+    pytest.param(lambda: fastflow.RadialCDF(_mixed_psi), 40.0, 0.03, id="user-psi"),
+])
+def test_oracle_of_a_user_construction_memorises_uniformly(make, T, t_min):
+    """As above for the constructions a user builds (issue 12): an affine path with another schedule and a
+    non-scale radial CDF given as a callable. The offsets at t_min follow the kernel: (|x - alpha x0| / sigma)^2 ~
+    chi2_d for the Gaussian path, psi_{t_min}(|x - x0|) ~ U(0, 1) for the radial CDF."""
+    ref, n = small_dataset(), 300
+    fam = make()
+    res = family_sample(fam, ref, n, T=T, t_min=t_min, rtol=1e-6, atol=1e-6,
+                        generator=torch.Generator().manual_seed(7))
+    tm = torch.tensor([t_min], dtype=F64)
+    if isinstance(fam, fastflow.AffinePath):
+        c = fam.scheduler(tm)
+        j, dist = Oracle(fam, ref * float(c.alpha)).nearest(res.x)
+        p_law = stats.kstest((dist / float(c.sigma)).numpy() ** 2, stats.chi2(ref.shape[1]).cdf).pvalue
+    else:
+        j, dist = Oracle(fam, ref).nearest(res.x)
+        p_law = stats.kstest(_mixed_psi(dist, tm).numpy(), "uniform").pvalue
+    p_cover = stats.chisquare(torch.bincount(j, minlength=ref.shape[0]).numpy()).pvalue
+    print(f"{fam}: chi2 p = {p_cover:.3g}, offset-law KS p = {p_law:.3g}, nfe mean {res.nfe.double().mean():.0f}")
+    assert bool(res.success.all())
+    assert p_cover > 1e-3 and p_law > 1e-3
