@@ -335,3 +335,21 @@ def test_a_family_subclass_without_its_laws_is_refused_not_misdrawn():
         Mine().perturb(x, t)
     with pytest.raises(NotImplementedError, match="radius law"):
         Mine().prior(2, 3, T=1.0)
+
+
+def test_float32_query_on_a_reference_point_at_large_d():
+    # the GEMM form of s errs by ~eps |x - c| |y - c|, more than s itself for a query sitting on a reference point
+    # (here s ~ 1e-4 at d = 3072); phi ~ r^-(d-1) and phi~ ~ r^-d then put a wrong 1/r into f (it read 1e17 for
+    # 2 before each row's nearest distance was taken by a direct difference)
+    g = torch.Generator().manual_seed(0)
+    ref = torch.rand(64, 3072, generator=g, dtype=F64) * 2 - 1
+    x = ref[:4] + 1e-4 * torch.randn(4, 3072, generator=g, dtype=F64)
+    x, ref = x.float().double(), ref.float().double()  # the float32 inputs exactly: compare the arithmetic only
+    t = torch.tensor([1.0, 1.7, 3.0, 10.0], dtype=F64)
+    for lam in (None, lam_sq):
+        fam = fastflow.RadialCDF(mixed_psi, lam=lam)
+        assert rel_err(fam.velocity(x.float(), t.float(), ref.float()), fam.velocity(x, t, ref)) < 1e-5
+        assert rel_err(fam.posterior_mean(x.float(), t.float(), ref.float()), fam.posterior_mean(x, t, ref)) < 1e-6
+        d64 = fam.divergence(x, t, ref)
+        d32 = fam.divergence(x.float(), t.float(), ref.float()).double()
+        assert float(((d32 - d64).abs() / d64.abs()).max()) < 1e-4

@@ -53,6 +53,11 @@ class _SignedSum:
     ``gemm`` the weighted sum of the chunk rows sum_j sign_j e^(log|w_j| - max) y_j by one GEMM per chunk."""
 
     def __init__(self, B: int, device, gemm: bool, cdt) -> None:
+        # exp of a log-weight far below the row's maximum would be a subnormal (or 0) and take the CPU's slow
+        # path, ~20x an ordinary exp (and again when cast to float32): floor the gap where the result is still
+        # a normal number of the GEMM's dtype. A weight of e^-87 (float32) or e^-700 (float64) beside the row's
+        # largest, 1, changes no sum (R e^-87 ~ 1e-32 R).
+        self.floor = -87.0 if cdt == torch.float32 else -700.0
         self.max = torch.full((B,), float("-inf"), dtype=_F64, device=device)
         self.sum = torch.zeros(B, dtype=_F64, device=device)
         self.acc = None
@@ -63,10 +68,10 @@ class _SignedSum:
         new = torch.maximum(self.max, log_abs.max(dim=1).values)
         alpha, off = _rescale(self.max, new)
         if grad:
-            w = torch.exp(log_abs - off[:, None])
+            w = torch.exp((log_abs - off[:, None]).clamp_min(self.floor))
             w = w if sign is None else w * sign
         else:
-            w = log_abs.sub_(off[:, None]).exp_()
+            w = log_abs.sub_(off[:, None]).clamp_min_(self.floor).exp_()
             if sign is not None:
                 w.mul_(sign)
         self.sum = self.sum * alpha + w.sum(dim=1)
@@ -76,14 +81,34 @@ class _SignedSum:
         self.max = new
         return w, alpha
 
-    def moment(self, xc):
-        """sum_j w_j (x - y_j) / e^max = sum x_c - acc in the centred frame, (B, d) float64."""
-        return self.sum[:, None] * xc.to(_F64) - self.acc.to(_F64)
+    def moment(self, xc, scale, grad: bool):
+        """scale * sum_j w_j (x - y_j) / e^max = scale (sum x_c - acc) in the centred frame, (B, d) in the compute
+        dtype (scale (B,) float64). One (B, d) buffer (in place on acc unless ``grad``): on a CPU, (B, d) passes
+        over fresh memory cost about as much as the epilogue's (B, C) ones at CIFAR sizes."""
+        s, k = self.sum.to(self.cdt)[:, None], scale.to(self.cdt)[:, None]
+        if grad:
+            return k * (s * xc - self.acc)
+        return torch.addcmul(self.acc.neg_(), xc, s).mul_(k)
 
     def ratio(self, other: _SignedSum):
         """e^(max - other.max) / other.sum (0 where this sum has no weight), (B,) float64."""
         return torch.where(torch.isneginf(self.max), torch.zeros_like(self.max),
                            torch.exp(self.max - other.max) / other.sum)
+
+
+def _exact_nearest(s, x, ref, start: int, cdt, grad: bool):
+    """s (B, C) with each row's smallest entry replaced by the exact squared distance, by a direct difference.
+
+    The GEMM form of s carries an absolute error ~eps ||x - c|| ||y - c||, which swamps s itself for a query that
+    sits on a reference point (s ~ 1e-4 against an error ~1e-4 in float32 at d = 3072). The closed-form kinds
+    do not care (their velocity (x - xbar) / t barely depends on that weight), but a user psi's does: phi ~
+    r^-(d-1) and phi~ ~ r^-d put 1/r of the nearest point into f. One (B, d) difference per chunk fixes it.
+    """
+    j = s.argmin(dim=1)
+    diff = ref.index_select(0, j + start).to(cdt)
+    diff = x.to(cdt) - diff if grad else torch.sub(x.to(cdt), diff, out=diff)
+    s_near = torch.linalg.vector_norm(diff, dim=1, dtype=_F64).square()[:, None]
+    return s.scatter(1, j[:, None], s_near) if grad else s.scatter_(1, j[:, None], s_near)
 
 
 def flux_torch(x, ref, t, psi, *, mean: bool, flux: bool, div: bool = False, precision: str = "ieee",
@@ -137,6 +162,7 @@ def flux_torch(x, ref, t, psi, *, mean: bool, flux: bool, div: bool = False, pre
                 s = (xn64 + yn.to(_F64)[None, :] - 2.0 * dots).clamp_min(0.0)
             else:
                 s = dots.mul_(-2.0).add_(xn64).add_(yn.to(_F64)[None, :]).clamp_min_(0.0)
+            s = _exact_nearest(s, x, ref, start, cdt, grad)
             if div:
                 log_phi, (log_fl, sign), (log_q, sign_q), (log_h, sign_h) = psi.divergence_weights(s, t64, dlam, d)
             else:
@@ -150,13 +176,16 @@ def flux_torch(x, ref, t, psi, *, mean: bool, flux: bool, div: bool = False, pre
             if div:
                 q.add(log_q, sign_q, yq, grad)
                 h.add(log_h, sign_h, yq, grad)
-    # log sum phi = log phi(s*) + log l, with s* of the arg-max point by a direct difference (the GEMM form of s
-    # carries ~eps ||x - c||^2, which would swamp log phi at small t)
-    diff = x.to(_F64) - ref.index_select(0, jmax).to(_F64)
-    s_exact = (diff * diff).sum(dim=1)[:, None]
-    log_top = psi.log_weights(s_exact, t64, None, d, False)[0][:, 0]
     l = phi.sum
-    log_norm = (log_top + torch.log(l)).to(cdt)
+    if mean:
+        # log sum phi = log phi(s*) + log l, with s* of the arg-max point by a direct difference (the GEMM form of
+        # s carries ~eps ||x - c||^2, which would swamp log phi at small t); the velocity needs no log_norm
+        diff = ref.index_select(0, jmax).to(cdt)
+        diff = x.to(cdt) - diff if grad else torch.sub(x.to(cdt), diff, out=diff)
+        s_exact = torch.linalg.vector_norm(diff, dim=1, dtype=_F64).square()[:, None]
+        log_norm = (psi.log_weights(s_exact, t64, None, d, False)[0][:, 0] + torch.log(l)).to(cdt)
+    else:
+        log_norm = (phi.max + torch.log(l)).to(cdt)
     xbar = None
     if mean:
         xbar = phi.acc / l.to(cdt)[:, None]
@@ -165,11 +194,11 @@ def flux_torch(x, ref, t, psi, *, mean: bool, flux: bool, div: bool = False, pre
     out_flux = out_div = None
     if flux:
         # f = sum_j phi~_j (x - x0_j) / sum_j phi_j, both sums relative to their own running maxima
-        f64 = fl.ratio(phi)[:, None] * fl.moment(xc)
-        out_flux = f64.to(cdt)
+        out_flux = fl.moment(xc, fl.ratio(phi), grad)
     if div:
         # div f = sum_j h_j / Z - f . sum_j q_j (x - x0_j) / Z  (fastflow.radial.UserPsi.divergence_weights)
-        out_div = (h.ratio(phi) * h.sum - (f64 * (q.ratio(phi)[:, None] * q.moment(xc))).sum(dim=1)).to(cdt)
+        dot = (out_flux * q.moment(xc, q.ratio(phi), grad)).sum(dim=1, dtype=_F64)
+        out_div = (h.ratio(phi) * h.sum - dot).to(cdt)
     return FluxOutput(xbar, out_flux, log_norm, (l * l / l2).to(cdt), out_div)
 
 
