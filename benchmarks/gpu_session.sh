@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything a lent GPU machine should do for fastflow (device time is scarce: 30 minutes a session).
 #   bash benchmarks/gpu_session.sh [SECTION...]
-#   SECTION: build tests field prior ode_step solvers demo report (default: all but demo and report)
+#   SECTION: build tests field prior ode_step solvers construction demo report (default: all but demo and report)
 # One 10-minute device call holds about build + tests, or build + the four benchmarks with the sizes below: split
 # the sections over two calls. demo and report run the CLI on the GPU (`fastflow demo --device cuda`, 3 files, and
 # `python benchmarks/run.py --device cuda`, report.md + plots); the device tool returns at most 8 files a call. Logs and
@@ -20,7 +20,7 @@ export MAX_JOBS=${MAX_JOBS:-16}
 out=${OUT:-benchmarks/results}
 mkdir -p "$out"
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -c 'A-Za-z0-9\n' '_')
-sections=${*:-build tests field prior ode_step solvers}
+sections=${*:-build tests field prior ode_step solvers construction}
 has() { [[ " $sections " == *" $1 "* ]]; }
 if has build || ! python3 -c "import fastflow._C" 2>/dev/null; then
   echo "== build ($gpu)"
@@ -33,6 +33,11 @@ if has tests; then
   FASTFLOW_TEST_DEVICE=cuda timeout 480 python3 -m pytest -q -n 8 -p no:cacheprovider -p no:benchmark tests \
     > "$out/tests_$gpu.log" 2>&1
   echo "pytest rc=$?"; grep -E "FAILED|ERROR|passed|failed" "$out/tests_$gpu.log" | tail -30
+fi
+if has construction; then
+  echo "== bench_construction (a user psi against the closed form; its divergence)"
+  python3 benchmarks/bench_construction.py --sizes cpu_goal celeba --quiet --out "$out/construction_$gpu.json" \
+    2>&1 | tee "$out/bench_construction_$gpu.log" | tail -20
 fi
 if has field; then
   echo "== bench_field (the GPU goals' sizes)"
