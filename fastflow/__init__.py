@@ -12,6 +12,7 @@ from ._core.loader import backends
 from ._core.validate import get_validate_args, set_validate_args
 from .families import Family, Gaussian, Poisson, RadialCDF
 from .field import FieldStats
+from .guidance import guided
 from .likelihood import LikelihoodResult, log_likelihood
 from .ode import ODEResult, odeint
 from .paths import AffinePath, PathSample, RectifiedFlow, StudentT
@@ -27,5 +28,5 @@ __all__ = [
     "odeint", "ODEResult",
     "log_likelihood", "LikelihoodResult",
     "AffinePath", "PathSample", "StudentT", "schedulers", "timesteps", "edm_loss_weight", "logit_normal_weight",
-    "edm_sample", "edm_sigmas", "flow_sample", "family_sample", "Oracle", "SampleResult", "straightness",
+    "edm_sample", "edm_sigmas", "flow_sample", "family_sample", "Oracle", "SampleResult", "straightness", "guided",
 ]

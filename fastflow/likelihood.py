@@ -124,9 +124,13 @@ class _Augmented:
         self.d = math.prod(shape)
         self.divergence, self.derivative, self.fd_step = divergence, derivative, fd_step
         self.probes = probes  # (B, P, d) Rademacher in x's dtype, or None for the exact trace
+        self.kw: dict = {}  # this evaluation's model_kwargs, already sliced to its rows by odeint
 
-    def _call_f(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return V.f_output(self.f(x, t), x.shape)
+    def _call_f(self, x: torch.Tensor, t: torch.Tensor, rep: int = 1) -> torch.Tensor:
+        """f on x (rep * n rows: the n rows of this evaluation, rep times over), the per-sample kwargs tiled."""
+        kw = {k: (v.repeat(rep, *([1] * (v.dim() - 1))) if isinstance(v, torch.Tensor) and v.dim() >= 1 else v)
+              for k, v in self.kw.items()} if rep > 1 else self.kw
+        return V.f_output(self.f(x, t, **kw), x.shape)
 
     def _directions(self, idx: torch.Tensor, n: int) -> torch.Tensor:
         """(n, P, d) the vectors v of the quadratic forms v^T (df/dx) v summed (exact) or averaged (Hutchinson)."""
@@ -134,12 +138,13 @@ class _Augmented:
             return self.probes.index_select(0, idx)
         return torch.eye(self.d, dtype=self.x_dtype, device=idx.device).expand(n, self.d, self.d)
 
-    def __call__(self, z: torch.Tensor, t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    def __call__(self, z: torch.Tensor, t: torch.Tensor, idx: torch.Tensor, **kw) -> torch.Tensor:
         n, d = z.shape[0], self.d
         x2 = z[:, :d].to(self.x_dtype)
         tx = t.to(self.x_dtype)
+        self.kw = kw
         if self.field is not None:  # the field's closed-form divergence: exact at any d, one pass per evaluation
-            dx, div = self.field(x2.reshape(n, *self.shape), tx)
+            dx, div = self.field(x2.reshape(n, *self.shape), tx, **kw)
             dx = V.f_output(dx, (n, *self.shape), " (f.velocity_and_divergence)")
             return torch.cat((dx.reshape(n, d).to(self.state_dtype), div.reshape(n, 1).to(self.state_dtype)), dim=1)
         v = self._directions(idx, n)  # (n, P, d)
@@ -198,7 +203,7 @@ class _Augmented:
         xs = torch.cat((x2[None], (x2[:, None, :] + s * u).transpose(0, 1), (x2[:, None, :] - s * u).transpose(0, 1)))
         ts = t[None].expand(1 + 2 * P, n).reshape(-1)
         with torch.no_grad():
-            out = self._call_f(xs.reshape((1 + 2 * P) * n, *self.shape), ts).reshape(1 + 2 * P, n, d)
+            out = self._call_f(xs.reshape((1 + 2 * P) * n, *self.shape), ts, 1 + 2 * P).reshape(1 + 2 * P, n, d)
         cdt = torch.promote_types(out.dtype, torch.float32)
         diff = (out[1:1 + P] - out[1 + P:]).to(cdt).transpose(0, 1)  # (n, P, d)
         quad = (diff * u.to(cdt)).sum(dim=2) * (vn[:, :, 0].to(cdt) ** 2) / (2 * s[:, :, 0].to(cdt))
@@ -234,7 +239,8 @@ def log_likelihood(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: t
                    n_probes: int = 1, generator: torch.Generator | None = None, derivative: str = "auto",
                    fd_step: float | None = None,
                    method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
-                   max_steps: int = 10_000, progress: bool = False) -> LikelihoodResult:
+                   max_steps: int = 10_000, progress: bool = False,
+                   model_kwargs: dict | None = None) -> LikelihoodResult:
     """log p_{t0}(x) = log p_{t1}(x(t1)) + int_{t0}^{t1} div f(x(t), t) dt, with dx/dt = f and x(t0) = x.
 
     The augmented state [x, int div f] (flattened to (B, d + 1)) is integrated by :func:`fastflow.odeint`, each
@@ -254,15 +260,16 @@ def log_likelihood(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: t
         t1: float or (B,) tensor, the time of the prior (e.g. T); t1 < t0 integrates backward.
         prior_logp: ``prior_logp(x_T) -> (B,)``, the log-density of p_{t1} at x_T (B, *shape) in x's dtype.
         divergence: ``"exact"`` (the trace by d VJPs), ``"hutchinson"`` (Rademacher estimate, unbiased) or None:
-            exact when d <= :data:`EXACT_MAX_DIM` (16), else Hutchinson. With probes fixed along the trajectory the
+            exact when d <= :data:`EXACT_MAX_DIM` (16) or f brings its own divergence, else Hutchinson.
+            With probes fixed along the trajectory the
             error of delta_logp is eps^T M eps - tr M averaged over the probes, M = int S dt with S the symmetric
             part of df/dx: its variance is 2 sum_{i != j} M_ij^2 / n_probes (0 for a diagonal Jacobian).
         n_probes: Hutchinson probes per sample (>= 1), drawn once and kept for the whole integration; the
             estimates are averaged. Ignored by the exact trace.
         generator: draws the Hutchinson probes (None: torch's global generator); on x's device type.
         derivative: ``"auto"`` (default): autograd when f can be differentiated (its output requires grad
-            and its backward exists), else finite differences, decided at the first evaluation; so any fastflow
-            field works with the defaults (the fast field backends have no autograd). ``"autograd"`` (VJPs), or
+            and its backward exists), else finite differences, decided at the first evaluation (the fastflow field
+            backends are differentiable: autograd). ``"autograd"`` (VJPs), or
             ``"finite_difference"`` (central differences along each direction,
             f called once on (1 + 2P) n rows per evaluation, P = d or n_probes), for an f without autograd support.
             Its error is O(step^2) plus rounding O(eps |f| / step).
@@ -273,6 +280,8 @@ def log_likelihood(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: t
         method, rtol, atol, steps, max_steps, progress: passed to :func:`fastflow.odeint` (dopri5 by default).
             The error norm is the RMS over all d + 1 components, so the integral's own scaled error can reach
             sqrt(d + 1) times the tolerance.
+        model_kwargs: per-sample inputs of f (``f(x, t, **model_kwargs)``; tensors of one or more dimensions have
+            first dimension B and follow the rows still integrating), as :func:`fastflow.odeint`.
 
     Returns:
         :class:`LikelihoodResult`: logp, prior_logp, delta_logp (B,) in float64 when x is float64 and in float32
@@ -332,7 +341,7 @@ def log_likelihood(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: t
                          probes, fd_step, field)
         z0 = torch.cat((x_det.reshape(B, d).to(state_dtype), x_det.new_zeros(B, 1, dtype=state_dtype)), dim=1)
         res = odeint(rhs, z0, t0, t1, method=method, rtol=rtol, atol=atol, steps=steps, max_steps=max_steps,
-                     progress=progress, with_index=True)
+                     progress=progress, with_index=True, model_kwargs=model_kwargs)
         x_T = res.x[:, :d].reshape(B, *shape).to(x.dtype)
         delta = res.x[:, d].clone()
         with torch.no_grad():

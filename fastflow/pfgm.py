@@ -235,7 +235,7 @@ def sample(net_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | tuple[t
            x_init: torch.Tensor, *, z_max: Time, z_min: float = 1e-3, method: str = "dopri5", rtol: float = 1e-4,
            atol: float = 1e-4, steps: int | None = None, z_exp: float | None = None, gamma: float = 5.0,
            vz_max: float = -1e-5, max_steps: int = 10_000, callback: Callable[[StepInfo], object] | None = None,
-           progress: bool = False) -> SampleResult:
+           progress: bool = False, model_kwargs: dict | None = None) -> SampleResult:
     """PFGM's sampler: dx/dz = v_x / v_z backward from z_max to z_min, in t' = log z (docs/math.md).
 
     dx/dt' = z v_x / v_z, solved by :func:`fastflow.odeint` with each sample on its own clock and step size (the
@@ -258,6 +258,8 @@ def sample(net_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | tuple[t
         z_exp: None (default: off), or the height below which v_z is substituted.
         gamma: the target's gamma (official 5), used by the substitution.
         vz_max: the clamp of v_z (a negative number).
+        model_kwargs: per-sample inputs of the network, ``net_fn(x, z, **model_kwargs)`` (class labels, ...):
+            tensors of one or more dimensions (first dimension B) follow the samples still integrating.
 
     Returns:
         :class:`fastflow.samplers.SampleResult`: x (B, *shape), nfe (B,), success (B,), t (B,) = log z reached.
@@ -280,9 +282,9 @@ def sample(net_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | tuple[t
         raise ValueError(f"vz_max must be a finite negative number (v_z is clamped to at most it), got {vz_max!r}")
     sqrt_d = math.sqrt(d)
 
-    def f(x, t):  # t = log z, (n,) in x's dtype
+    def f(x, t, **kw):  # t = log z, (n,) in x's dtype
         z = torch.exp(t)
-        vx, vz = _split_field(net_fn(x, z), x.shape[0], shape, d)
+        vx, vz = _split_field(net_fn(x, z, **kw), x.shape[0], shape, d)
         vx, vz = vx.to(x.dtype), vz.to(x.dtype)
         if z_exp is not None:
             n = (torch.linalg.vector_norm(vx, dim=1) / sqrt_d).clamp(max=1 - 1e-6)
@@ -292,7 +294,7 @@ def sample(net_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | tuple[t
         return (vx * (z / vz)[:, None]).reshape(x.shape)
 
     res = odeint(f, x_init, torch.log(zmax), math.log(z_min), method=method, rtol=rtol, atol=atol, steps=steps,
-                 max_steps=max_steps, callback=callback, progress=progress)
+                 max_steps=max_steps, callback=callback, progress=progress, model_kwargs=model_kwargs)
     return SampleResult(x=res.x, nfe=res.nfe, success=res.success, t=res.t)
 
 

@@ -1,7 +1,8 @@
 """Samplers built on :func:`fastflow.odeint`, and the exact-field oracle.
 
-- :func:`edm_sigmas`, :func:`edm_sample`: EDM's deterministic sampler (Karras et al. 2022, Algorithm 1) for the
-  Gaussian (VE/EDM) family and for PFGM++ (sigma = r / sqrt(D), Xu et al. 2023).
+- :func:`edm_sigmas`, :func:`edm_sample`: EDM's sampler (Karras et al. 2022, Algorithm 1, and Algorithm 2's churn;
+  Heun, Euler or DPM-Solver++(2M)) for the Gaussian (VE/EDM) family and for PFGM++ (sigma = r / sqrt(D), Xu et
+  al. 2023).
 - :func:`flow_sample`: a velocity model (rectified flow / flow matching) integrated from t = 1 to t = 0.
 - :func:`family_sample` and :class:`Oracle`: the model-free velocity of any family from its exact empirical field
   (``family.velocity(x, t, ref)``), to compare solvers and constructions without training anything.
@@ -11,6 +12,7 @@ and accepts ``callback`` and ``progress`` (a tqdm bar).
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,12 +37,15 @@ class SampleResult:
         nfe: (B,) int64 evaluations of the model per sample.
         success: (B,) bool: the sample reached the end time (False: the solver's max_steps ran out).
         t: (B,) the time each sample reached (the sampler's own variable: sigma, t, or log z for PFGM).
+        intermediates: None, or the states on the sampler's grid when asked for (:func:`edm_sample`'s
+            ``return_intermediates``: (K + 1, B, *shape)).
     """
 
     x: torch.Tensor
     nfe: torch.Tensor
     success: torch.Tensor
     t: torch.Tensor
+    intermediates: torch.Tensor | None = None
 
 
 def edm_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, *,
@@ -69,31 +74,109 @@ def edm_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rh
     return torch.cat([s, s.new_zeros(1)]).to(dtype)
 
 
+_EDM_SOLVERS = ("heun", "euler", "dpmpp_2m")
+_EDM_GRID_DEFAULTS = (0.002, 80.0, 18, 7.0)  # edm_sample's sigma_min, sigma_max, steps, rho
+
+
+def _edm_grid(sigmas) -> list[float]:
+    """A user's sigma grid as Python floats (float64), validated: 1-D, >= 2 values, finite, > 0 except a final 0,
+    strictly decreasing."""
+    if isinstance(sigmas, torch.Tensor):
+        if sigmas.is_complex() or sigmas.dtype == torch.bool:
+            raise TypeError(f"sigmas must be real numbers, got a {sigmas.dtype} tensor")
+        grid = sigmas.detach().to("cpu", torch.float64)
+    else:
+        try:
+            grid = torch.as_tensor(sigmas, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TypeError(f"sigmas must be a 1-D tensor or a sequence of numbers, got {type(sigmas).__name__}") from e
+    if grid.dim() != 1:
+        raise ValueError(f"sigmas must be 1-D (the noise levels in order), got shape {tuple(grid.shape)}")
+    if grid.numel() < 2:
+        raise ValueError(f"sigmas needs at least 2 values (one step), got {grid.numel()}")
+    vals = grid.tolist()
+    bad = [i for i, v in enumerate(vals) if not math.isfinite(v)]
+    if bad:
+        raise ValueError(f"sigmas must be finite, got sigmas[{bad[0]}] = {vals[bad[0]]}")
+    bad = [i for i, v in enumerate(vals) if v < 0 or (v == 0 and i != len(vals) - 1)]
+    if bad:
+        raise ValueError(f"sigmas must be > 0 except a final 0, got sigmas[{bad[0]}] = {vals[bad[0]]}")
+    bad = [i for i in range(len(vals) - 1) if not vals[i] > vals[i + 1]]
+    if bad:
+        i = bad[0]
+        raise ValueError(f"sigmas must be strictly decreasing (from the noise to the data), got sigmas[{i}] = "
+                         f"{vals[i]} <= sigmas[{i + 1}] = {vals[i + 1]}")
+    return vals
+
+
 @nvtx.annotate("fastflow.edm_sample")
 def edm_sample(denoiser: Callable, x_init: torch.Tensor, *, sigma_min: float = 0.002, sigma_max: float = 80.0,
                steps: int = 18, rho: float = 7.0, D: float | None = None,
-               callback: Callable[[dict], object] | None = None, progress: bool = False) -> SampleResult:
-    """EDM's deterministic 2nd-order sampler (Karras et al. 2022, Algorithm 1) on the rho-schedule.
+               sigmas: torch.Tensor | list[float] | tuple[float, ...] | None = None, solver: str = "heun",
+               S_churn: float = 0.0, S_min: float = 0.0, S_max: float = float("inf"), S_noise: float = 1.0,
+               generator: torch.Generator | None = None, model_kwargs: dict[str, object] | None = None,
+               return_intermediates: bool = False, callback: Callable[[dict], object] | None = None,
+               progress: bool = False) -> SampleResult:
+    """EDM's sampler (Karras et al. 2022, Algorithms 1 and 2) on the rho-schedule or a given sigma grid.
 
-    dx/dsigma = (x - D(x, sigma)) / sigma; Heun steps between consecutive sigmas of :func:`edm_sigmas`, and an
-    Euler step for the last one (to sigma = 0). 2 steps - 1 evaluations of the denoiser.
+    dx/dsigma = (x - D(x, sigma)) / sigma, stepped over the grid sigma_0 > sigma_1 > ... > sigma_K
+    (:func:`edm_sigmas` by default: K = steps, sigma_K = 0). ``solver``:
+
+    - ``"heun"`` (default; EDM's Algorithm 1): a Heun step between consecutive sigmas, and an Euler step for a
+      step to sigma = 0. 2 K - 1 evaluations of the denoiser on a grid ending in 0 (2 steps - 1 by default), 2 K on
+      one that does not.
+    - ``"euler"``: first order, K evaluations (EDM's ablation_sampler with solver="euler").
+    - ``"dpmpp_2m"``: DPM-Solver++(2M) as k-diffusion's ``sample_dpmpp_2m`` (Lu et al. 2022): in t = -log sigma,
+      x_{i+1} = (sigma_{i+1} / sigma_i) x_i - expm1(-h_i) D_i', h_i = t_{i+1} - t_i, with
+      D_i' = (1 + 1/(2 r)) D_i - 1/(2 r) D_{i-1}, r = h_{i-1} / h_i, except on the first step and a step to
+      sigma = 0 (D_i' = D_i; the step to 0 gives x = D_K-1). K evaluations. No churn (k-diffusion defines none).
+
+    Stochastic churn (EDM's Algorithm 2, as ``edm_sampler`` in NVlabs/edm generate.py; off at ``S_churn = 0``):
+    at step i, gamma_i = min(S_churn / K, sqrt(2) - 1) if S_min <= sigma_i <= S_max else 0,
+    sigma_hat = sigma_i + gamma_i sigma_i, x_hat = x_i + sqrt(sigma_hat^2 - sigma_i^2) S_noise eps_i with
+    eps_i ~ N(0, I), then the step from (x_hat, sigma_hat) to sigma_{i+1}. The official code rounds sigma_hat with
+    ``net.round_sigma`` (the identity for EDM's networks); there is no rounding here: sigma_hat is used as computed.
+    As in the official code, one eps (B, *shape) is drawn on every step while ``S_churn > 0``, also on steps with
+    gamma_i = 0 (where it is not used), so that the draws follow the step index. eps is drawn in float32 from
+    ``generator`` (``torch.randn(..., dtype=torch.float32)``) and cast to the compute dtype: one seed gives the same
+    noise to a float32 and a float64 run. ``S_churn = 0`` draws nothing.
 
     PFGM++ (``D`` given): the same ODE, because with r = sigma sqrt(D) the Poisson(D) velocity (x - xbar) / r
     integrates in sigma to (x - xbar) / sigma. Draw x_init from ``fastflow.Poisson(D).prior(n, shape,
     T=sigma_max * sqrt(D))``, and train the denoiser with r = sigma sqrt(D) (``fastflow.pfgmpp_target``). For the
-    Gaussian family, x_init = ``fastflow.Gaussian().prior(n, shape, T=sigma_max)``.
+    Gaussian family, x_init = ``fastflow.Gaussian().prior(n, shape, T=sigma_max)``. Churn with PFGM++ adds the
+    same *Gaussian* noise as above: that is what PFGM++'s official sampler does (``edm_sampler`` in
+    Newbeeer/pfgmpp generate.py runs the EDM churn unchanged with ``pfgmpp=True``; its command line defaults are
+    S_noise = 0 and S_max = 0, i.e. churn off). The Poisson(D) kernel is not a convolution semigroup, so no exact
+    Poisson(D) increment from r_i to r_hat exists; the Gaussian increment is exact only as D -> infinity.
 
     Args:
-        denoiser: ``denoiser(x, sigma) -> x0 estimate``, x (B, *shape), sigma (B,) in x's dtype.
-        x_init: (B, *shape) the starting points at sigma_max.
-        sigma_min, sigma_max, steps, rho: the schedule (EDM's defaults: 0.002, 80, 18, 7).
+        denoiser: ``denoiser(x, sigma, **model_kwargs) -> x0 estimate``, x (B, *shape), sigma (B,) in x's dtype.
+        x_init: (B, *shape) the starting points at sigma_0 (sigma_max by default). B = 0 is accepted.
+        sigma_min, sigma_max, steps, rho: the schedule of :func:`edm_sigmas` (EDM's defaults: 0.002, 80, 18, 7).
         D: PFGM++'s augmented dimension, only to check it is >= 1 and to document the run (the ODE in sigma is the
             same); None for the Gaussian family.
-        callback: ``callback({"i", "sigma", "sigma_next", "x", "denoised"})`` after each step.
+        sigmas: None, or the grid in place of (sigma_min, sigma_max, steps, rho): a 1-D tensor or sequence of
+            K + 1 >= 2 noise levels, finite, strictly decreasing, > 0 except a final 0 (ValueError otherwise).
+            Ending in 0 gives the data; ending at sigma_K > 0 stops there (the result's t is sigma_K). Passing it
+            together with non-default sigma_min, sigma_max, steps or rho is a ValueError.
+        solver: ``"heun"``, ``"euler"`` or ``"dpmpp_2m"`` (above).
+        S_churn, S_min, S_max, S_noise: EDM's churn (above): S_churn >= 0, S_noise >= 0, 0 <= S_min <= S_max
+            (S_max may be inf). With ``solver="dpmpp_2m"`` S_churn must be 0.
+        generator: the torch.Generator (on x_init's device) the churn noise is drawn from; None for the device's
+            default generator.
+        model_kwargs: extra keyword arguments of every denoiser call (class labels, ...), passed unchanged. All
+            B rows are evaluated on every call, so a tensor with ndim >= 1 must have first dimension B
+            (ValueError naming the key otherwise); other values are passed as they are.
+        return_intermediates: also return the states on the grid: ``result.intermediates`` (K + 1, B, *shape)
+            in x_init's dtype, [0] = x_init, [i] = the state at sigma_i after step i - 1, [K] = result.x.
+        callback: ``callback({"i", "sigma", "sigma_hat", "sigma_next", "x", "denoised"})`` after each step (x the
+            new state, denoised the denoiser's output at (x_hat, sigma_hat)).
         progress: a tqdm bar over the steps.
 
     Returns:
-        :class:`SampleResult` (t is 0 for every sample: the end of the schedule).
+        :class:`SampleResult` (t is sigma_K for every sample: 0 at the end of a grid ending in 0; nfe the
+        evaluations above; intermediates as above, else None).
     """
     if not callable(denoiser):
         raise TypeError(f"denoiser must be callable as denoiser(x, sigma), got {type(denoiser).__name__}")
@@ -106,13 +189,43 @@ def edm_sample(denoiser: Callable, x_init: torch.Tensor, *, sigma_min: float = 0
             raise ValueError(f"D must be >= 1 (PFGM++'s augmented dimensions), got {D}")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable or None, got {type(callback).__name__}")
-    sig = edm_sigmas(steps, sigma_min, sigma_max, rho)
+    solver = V.choice("solver", solver, _EDM_SOLVERS)
+    S_churn = V.number("S_churn", S_churn, strict=False)
+    S_noise = V.number("S_noise", S_noise, strict=False)
+    S_min = V.number("S_min", S_min, strict=False)
+    if not (isinstance(S_max, float) and S_max == math.inf):
+        S_max = V.number("S_max", S_max, strict=False)  # a finite number >= 0, or inf
+    if S_min > S_max:
+        raise ValueError(f"S_min ({S_min}) must be <= S_max ({S_max})")
+    if S_churn > 0 and solver == "dpmpp_2m":
+        raise ValueError("S_churn must be 0 with solver='dpmpp_2m' (k-diffusion's sample_dpmpp_2m has no churn); "
+                         "use solver='heun' or 'euler' for EDM's stochastic sampler")
+    generator = V.generator("generator", generator, x.device)
+    return_intermediates = V.flag("return_intermediates", return_intermediates)
     B = x.shape[0]
+    if model_kwargs is None:
+        model_kwargs = {}
+    elif not isinstance(model_kwargs, dict):
+        raise TypeError(f"model_kwargs must be a dict or None, got {type(model_kwargs).__name__}")
+    for key, value in model_kwargs.items():
+        if not isinstance(key, str):
+            raise TypeError(f"model_kwargs keys must be strings (keyword names), got {key!r}")
+        if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] != B:
+            raise ValueError(f"model_kwargs[{key!r}] has first dimension {value.shape[0]}, but the batch has B = {B} "
+                             f"rows (shape {tuple(value.shape)}); every row is evaluated on every call")
+    if sigmas is None:
+        sig = edm_sigmas(steps, sigma_min, sigma_max, rho).tolist()
+    else:
+        if (sigma_min, sigma_max, steps, rho) != _EDM_GRID_DEFAULTS:
+            raise ValueError("sigmas replaces sigma_min, sigma_max, steps and rho: pass either sigmas or those")
+        sig = _edm_grid(sigmas)
+    K = len(sig) - 1
     io = x.dtype
     state = x.to(torch.float32 if io in (torch.float16, torch.bfloat16) else io)
+    gamma_max = min(S_churn / K, 2 ** 0.5 - 1)
 
     def den(y, s):
-        out = denoiser(y.to(io), torch.full((B,), s, dtype=io, device=y.device))
+        out = denoiser(y.to(io), torch.full((B,), s, dtype=io, device=y.device), **model_kwargs)
         if not isinstance(out, torch.Tensor) or out.shape != y.shape:
             raise ValueError(f"denoiser must return a tensor of shape {tuple(y.shape)}, got "
                              f"{getattr(out, 'shape', type(out).__name__)}")
@@ -121,25 +234,54 @@ def edm_sample(denoiser: Callable, x_init: torch.Tensor, *, sigma_min: float = 0
             raise FloatingPointError(f"denoiser returned NaN or inf at sigma = {s:g}")
         return out
 
+    path = None
+    if return_intermediates:
+        path = torch.empty((K + 1, *x.shape), dtype=io, device=x.device)
+        path[0] = x
     nfe = 0
-    bar = progress_bar(progress, steps, "edm_sample", unit="step", leave=False)
+    old_den = None  # dpmpp_2m: the previous step's denoised
+    bar = progress_bar(progress, K, "edm_sample", unit="step", leave=False)
     # sampling, not training: no graph through 2 * steps - 1 calls of the network (at B = 256 a small MLP's
     # graph over the run held 300 MiB)
     with torch.no_grad():
         try:
-            for i in range(steps):
-                s, s_next = float(sig[i]), float(sig[i + 1])
-                d_cur_den = den(state, s)
-                d_cur = (state - d_cur_den) / s
-                x_next = state + (s_next - s) * d_cur
+            for i in range(K):
+                s, s_next = sig[i], sig[i + 1]
+                s_hat, x_hat = s, state
+                if S_churn > 0:  # EDM's Algorithm 2: raise the noise to sigma_hat first
+                    eps = torch.randn(state.shape, generator=generator, dtype=torch.float32, device=state.device)
+                    gamma = gamma_max if S_min <= s <= S_max else 0.0
+                    s_hat = s + gamma * s
+                    if s_hat > s:
+                        x_hat = state + eps.to(state.dtype).mul_(math.sqrt(s_hat * s_hat - s * s) * S_noise)
+                denoised = den(x_hat, s_hat)
                 nfe += 1
-                if s_next > 0:  # Heun's correction (2nd order), except on the last step to sigma = 0
-                    d_next = (x_next - den(x_next, s_next)) / s_next
-                    x_next = state + (s_next - s) * (0.5 * d_cur + 0.5 * d_next)
-                    nfe += 1
+                if solver == "dpmpp_2m":
+                    if s_next == 0:  # (0 / sigma) x - expm1(-inf) D = D
+                        x_next = denoised.clone()
+                    else:
+                        t, t_next = -math.log(s), -math.log(s_next)
+                        h = t_next - t
+                        d_use = denoised
+                        if old_den is not None:
+                            r = (t + math.log(sig[i - 1])) / h  # h_last / h
+                            d_use = denoised * (1 + 1 / (2 * r)) - old_den * (1 / (2 * r))
+                        x_next = state * (s_next / s) - d_use * math.expm1(-h)
+                    old_den = denoised
+                else:
+                    h = s_next - s_hat
+                    d_cur = (x_hat - denoised).div_(s_hat)
+                    x_next = x_hat + d_cur * h
+                    if solver == "heun" and s_next > 0:  # Heun's correction (2nd order), except a step to 0
+                        d_prime = (x_next - den(x_next, s_next)).div_(s_next)
+                        nfe += 1
+                        x_next = x_hat + d_prime.add_(d_cur).mul_(0.5 * h)  # = h (d_cur / 2 + d_prime / 2)
                 state = x_next
+                if path is not None:
+                    path[i + 1] = state
                 if callback is not None:
-                    callback({"i": i, "sigma": s, "sigma_next": s_next, "x": state, "denoised": d_cur_den})
+                    callback({"i": i, "sigma": s, "sigma_hat": s_hat, "sigma_next": s_next, "x": state,
+                              "denoised": denoised})
                 if bar is not None:
                     bar.update(1)
         finally:
@@ -148,7 +290,7 @@ def edm_sample(denoiser: Callable, x_init: torch.Tensor, *, sigma_min: float = 0
     dev = x.device
     return SampleResult(x=state.to(io), nfe=torch.full((B,), nfe, dtype=torch.long, device=dev),
                         success=torch.ones(B, dtype=torch.bool, device=dev),
-                        t=torch.zeros(B, dtype=torch.float64, device=dev))
+                        t=torch.full((B,), sig[-1], dtype=torch.float64, device=dev), intermediates=path)
 
 
 def _check_family(name: str, family) -> None:
@@ -167,7 +309,7 @@ def _from_ode(res: ODEResult) -> SampleResult:
 def flow_sample(velocity: Callable, x_init: torch.Tensor, *, t_start: float = 1.0, t_end: float = 0.0,
                 method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
                 max_steps: int = 10_000, callback: Callable[[StepInfo], object] | None = None,
-                progress: bool = False) -> SampleResult:
+                progress: bool = False, model_kwargs: dict | None = None) -> SampleResult:
     """A velocity model integrated from noise (t = 1) to data (t = 0): rectified flow / flow matching.
 
     dx/dt = v(x, t) with x_t = (1 - t) x0 + t eps (fastflow.RectifiedFlow's convention: noise at t = 1), solved
@@ -178,6 +320,8 @@ def flow_sample(velocity: Callable, x_init: torch.Tensor, *, t_start: float = 1.
         x_init: (B, *shape) noise, e.g. ``fastflow.RectifiedFlow().prior(B, shape, T=1.0)``.
         t_start, t_end: the time interval (default 1 -> 0).
         method, rtol, atol, steps, max_steps, callback, progress: as :func:`fastflow.odeint`.
+        model_kwargs: per-sample inputs of the model, ``velocity(x, t, **model_kwargs)`` (class labels, ...):
+            tensors of one or more dimensions (first dimension B) follow the samples still integrating.
 
     Returns:
         :class:`SampleResult`.
@@ -185,7 +329,7 @@ def flow_sample(velocity: Callable, x_init: torch.Tensor, *, t_start: float = 1.
     if not callable(velocity):
         raise TypeError(f"velocity must be callable as v(x, t), got {type(velocity).__name__}")
     return _from_ode(odeint(velocity, x_init, t_start, t_end, method=method, rtol=rtol, atol=atol, steps=steps,
-                            max_steps=max_steps, callback=callback, progress=progress))
+                            max_steps=max_steps, callback=callback, progress=progress, model_kwargs=model_kwargs))
 
 
 class Oracle:
@@ -196,38 +340,92 @@ class Oracle:
     small t lands on the reference points (it memorises), each equally often. Use it to compare solvers (NFE to a
     tolerance, on a field that is exact) and constructions (how straight their trajectories are).
 
+    With ``labels`` (one class per reference point) it is the exact *conditional* field: ``oracle(x, t,
+    labels=y)`` gives row i the field of the reference points of class y_i only, and of all of them where
+    y_i == ``null_label`` (the unconditional field). Pass ``y`` in a sampler's ``model_kwargs`` (it follows the
+    rows still integrating); with :func:`fastflow.guided` it gives the exact classifier-free-guided field.
+
     Args:
         family: a :class:`fastflow.Family`.  ref: (R, *shape) reference points.
+        labels: None, or (R,) integer class labels of the reference points (>= 0).
+        null_label: the label that asks for the unconditional field (default -1).
         backend, precision: as :meth:`fastflow.Family.velocity`.
 
     Attributes:
         calls: evaluations so far; rows: total rows evaluated (sum over calls of the batch size).
     """
 
-    def __init__(self, family: Family, ref: torch.Tensor, *, backend: str | None = None, precision: str = "ieee"):
+    def __init__(self, family: Family, ref: torch.Tensor, *, labels: torch.Tensor | None = None,
+                 null_label: int = -1, backend: str | None = None, precision: str = "ieee"):
         _check_family("family", family)
         self.family = family
         self.ref = V.tensor("ref", ref)
         if self.ref.shape[0] == 0:
             raise ValueError("ref is empty: the oracle needs at least one reference point")
+        if labels is not None:
+            if not isinstance(labels, torch.Tensor):
+                raise TypeError(f"labels must be a torch.Tensor of class ids, got {type(labels).__name__}")
+            if labels.dtype.is_floating_point or labels.dtype == torch.bool or tuple(labels.shape) != (len(self.ref),):
+                raise ValueError(f"labels must be an integer tensor of shape (R,) = ({len(ref)},), one class per "
+                                 f"reference point; got {labels.dtype} {tuple(labels.shape)}")
+            if bool((labels < 0).any()):
+                raise ValueError("labels must be >= 0 (negative values are left for null_label)")
+            labels = labels.to(self.ref.device)
+        if isinstance(null_label, bool) or not isinstance(null_label, int):
+            raise TypeError(f"null_label must be an int, got {type(null_label).__name__}")
+        self.labels, self.null_label = labels, null_label
         self.backend, self.precision = backend, precision
         self.calls = 0
         self.rows = 0
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         self.calls += 1
         self.rows += x.shape[0]
-        return self.family.velocity(x, t, self.ref, backend=self.backend, precision=self.precision)
+        return self._by_class(lambda xs, ts, refs: self.family.velocity(
+            xs, ts, refs, backend=self.backend, precision=self.precision), x, t, labels)
 
-    def velocity_and_divergence(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def velocity_and_divergence(self, x: torch.Tensor, t: torch.Tensor,
+                                labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(velocity (B, *shape) in x's dtype, exact divergence (B,) in the compute dtype), from one pass of the
         field (:meth:`fastflow.Family.divergence`); :func:`fastflow.log_likelihood` uses it for the exact trace.
-        Counts as one call."""
+        Counts as one call. ``labels`` as in the call."""
         self.calls += 1
         self.rows += x.shape[0]
-        div, v = self.family.divergence(x, t, self.ref, return_velocity=True, backend=self.backend,
-                                        precision=self.precision)
-        return v, div
+
+        def both(xs, ts, refs):
+            div, v = self.family.divergence(xs, ts, refs, return_velocity=True, backend=self.backend,
+                                            precision=self.precision)
+            return v, div
+
+        return self._by_class(both, x, t, labels)
+
+    def _by_class(self, fn, x, t, labels):
+        """fn(x, t, ref) on the whole batch, or per class of ``labels`` with that class's reference points."""
+        if labels is None:
+            return fn(x, t, self.ref)
+        if self.labels is None:
+            raise ValueError("labels were given to an Oracle built without labels=: pass Oracle(family, ref, "
+                             "labels=ref_labels) for the exact conditional field")
+        labels = torch.as_tensor(labels, device=x.device)
+        n = x.shape[0]
+        if labels.dim() == 0:
+            labels = labels.expand(n)
+        if labels.dtype.is_floating_point or tuple(labels.shape) != (n,):
+            raise ValueError(f"labels must be integers of shape (n,) = ({n},) (one per row), got {labels.dtype} "
+                             f"{tuple(labels.shape)}")
+        tt = t if isinstance(t, torch.Tensor) and t.dim() == 1 else torch.as_tensor(t, device=x.device).expand(n)
+        outs, rows_all = [], []
+        for c in torch.unique(labels).tolist():  # host reads: an oracle, not a hot path
+            rows = torch.nonzero(labels == c).squeeze(1)
+            refs = self.ref if c == self.null_label else self.ref[self.labels == c]
+            if refs.shape[0] == 0:
+                raise ValueError(f"no reference point has label {c} (and it is not null_label={self.null_label})")
+            outs.append(fn(x.index_select(0, rows), tt.index_select(0, rows), refs))
+            rows_all.append(rows)
+        order = torch.argsort(torch.cat(rows_all))
+        if isinstance(outs[0], tuple):
+            return tuple(torch.cat(parts).index_select(0, order) for parts in zip(*outs))
+        return torch.cat(outs).index_select(0, order)
 
     def nearest(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """For each row of x: (index of the nearest reference point (B,) int64, its distance (B,) float64)."""
@@ -242,7 +440,8 @@ class Oracle:
 def family_sample(family: Family, ref: torch.Tensor, n: int, *, T: float, t_min: float, method: str = "dopri5",
                   rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None, max_steps: int = 10_000,
                   generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64,
-                  callback: Callable[[StepInfo], object] | None = None, progress: bool = False) -> SampleResult:
+                  callback: Callable[[StepInfo], object] | None = None, progress: bool = False,
+                  labels: torch.Tensor | None = None, model_kwargs: dict | None = None) -> SampleResult:
     """n samples of a family's exact empirical ODE: x_T ~ ``family.prior`` at T, integrated to t_min.
 
     The samples land on the reference points (within ~t_min): this checks prior, field and solver together,
@@ -252,6 +451,9 @@ def family_sample(family: Family, ref: torch.Tensor, n: int, *, T: float, t_min:
         family: a :class:`fastflow.Family`.  ref: (R, *shape) the reference set.  n: number of samples.
         T: the prior time (<= 1 for RectifiedFlow).  t_min: the end time, 0 < t_min < T.
         method ... progress: as :func:`fastflow.odeint`.  generator: for the prior draw.  dtype: state dtype.
+        labels: (R,) class labels of ref, for the exact conditional field (:class:`Oracle`); then
+            ``model_kwargs={"labels": y}`` with y (n,) the class of each sample (null_label -1: unconditional).
+        model_kwargs: per-sample inputs of the oracle, as :func:`fastflow.odeint`.
 
     Returns:
         :class:`SampleResult`, x (n, *shape).
@@ -263,9 +465,9 @@ def family_sample(family: Family, ref: torch.Tensor, n: int, *, T: float, t_min:
     if not t_min < T:
         raise ValueError(f"t_min ({t_min}) must be < T ({T})")
     x_T = family.prior(n, tuple(ref.shape[1:]), T=T, generator=generator, device=ref.device, dtype=dtype)
-    oracle = Oracle(family, ref.to(dtype))
+    oracle = Oracle(family, ref.to(dtype), labels=labels)
     return _from_ode(odeint(oracle, x_T, T, t_min, method=method, rtol=rtol, atol=atol, steps=steps,
-                            max_steps=max_steps, callback=callback, progress=progress))
+                            max_steps=max_steps, callback=callback, progress=progress, model_kwargs=model_kwargs))
 
 
 def straightness(path: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:

@@ -49,15 +49,45 @@ def initial_step(fn, x, t, t1, f0, k: int, rtol: float, atol: float) -> torch.Te
     return direction * torch.minimum(h, span)
 
 
+def check_kwargs(name: str, kwargs, B: int, device: torch.device) -> dict:
+    """Validate per-sample model inputs: a dict with str keys; a tensor of one or more dimensions must have the
+    batch B as its first dimension and sit on ``device`` (it is sliced to the rows still integrating); 0-d tensors
+    and other values are passed as they are."""
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, dict):
+        raise TypeError(f"{name} must be a dict of keyword arguments of the model, or None; got "
+                        f"{type(kwargs).__name__}")
+    for k, v in kwargs.items():
+        if not isinstance(k, str):
+            raise TypeError(f"{name} keys must be str (the model's keyword arguments), got {k!r}")
+        if isinstance(v, torch.Tensor) and v.dim() >= 1:
+            if v.shape[0] != B:
+                raise ValueError(f"{name}[{k!r}] has first dimension {v.shape[0]}, expected the batch size {B}: "
+                                 "tensors in it are per-sample inputs, sliced to the samples still integrating "
+                                 "(pass a per-call constant as a 0-d tensor, a non-tensor, or close over it)")
+            if v.device != device:
+                raise ValueError(f"{name}[{k!r}] is on {v.device}, expected {device} (the device of x)")
+    return dict(kwargs)
+
+
+def slice_kwargs(kwargs: dict, idx: torch.Tensor) -> dict:
+    """The per-sample tensors of ``kwargs`` (ndim >= 1) at rows ``idx``; the other values as they are."""
+    return {k: (v.index_select(0, idx) if isinstance(v, torch.Tensor) and v.dim() >= 1 else v)
+            for k, v in kwargs.items()}
+
+
 class RHS:
     """fn((n, d) state, (n,) time) -> (n, d): calls the user's f on the active rows with the user's shape and dtype,
     checks what comes back, and counts one evaluation for each active sample (``idx``)."""
 
-    def __init__(self, f, shape, io_dtype, state_dtype, nfe, with_index: bool):
+    def __init__(self, f, shape, io_dtype, state_dtype, nfe, with_index: bool, model_kwargs: dict | None = None):
         self.f, self.shape, self.io_dtype, self.state_dtype = f, tuple(shape), io_dtype, state_dtype
         self.nfe, self.with_index = nfe, with_index
         self._idx: torch.Tensor = torch.empty(0, dtype=torch.long, device=nfe.device)
         self._pending = 0  # calls on the current rows not yet added to nfe (one index_add_ per batch change)
+        self.model_kwargs = model_kwargs or {}
+        self._kwargs: dict = dict(self.model_kwargs)  # the kwargs sliced to the current rows
 
     def flush(self) -> None:
         """Add the pending evaluations to nfe (before the rows change, and before nfe is read)."""
@@ -73,12 +103,15 @@ class RHS:
     def idx(self, value: torch.Tensor) -> None:
         self.flush()
         self._idx = value
+        # per-sample model inputs follow the rows still integrating: sliced once per batch change, not per call
+        self._kwargs = slice_kwargs(self.model_kwargs, value)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
         xin = x.reshape(n, *self.shape).to(self.io_dtype)
         tin = t.to(self.io_dtype)
-        out = self.f(xin, tin, self.idx) if self.with_index else self.f(xin, tin)
+        kw = self._kwargs
+        out = self.f(xin, tin, self.idx, **kw) if self.with_index else self.f(xin, tin, **kw)
         V.f_output(out, xin.shape, ": only the samples still integrating are passed")
         if out.device != x.device:
             raise ValueError(f"f returned a tensor on {out.device}, expected {x.device} (the device of x)")

@@ -28,7 +28,7 @@ import torch
 from .._core import nvtx
 from .._core import validate as V
 from .._core.progress import bar as progress_bar
-from .loop import RHS, integrate
+from .loop import RHS, check_kwargs, integrate
 from .methods import METHODS
 from .results import ODEResult, StepInfo
 
@@ -66,12 +66,12 @@ def odeint(f: Callable[..., torch.Tensor], x0: torch.Tensor, t0: float | torch.T
            method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
            max_steps: int = 10_000, callback: Callable[[StepInfo], object] | None = None, progress: bool = False,
            h0: float | torch.Tensor | None = None, dtype_t: torch.dtype | None = None,
-           with_index: bool = False) -> ODEResult:
+           with_index: bool = False, model_kwargs: dict | None = None) -> ODEResult:
     """Integrate dx/dt = f(x, t) from t0 to t1, each sample with its own clock, step size and end time.
 
     Samples that have landed on their t1 leave the batch: each call of ``f`` gets only the rows still integrating,
-    in batch order. Per-sample parameters of f (class labels, rates) must therefore come with the state or the time,
-    or be looked up with ``with_index=True``.
+    in batch order. Per-sample parameters of f (class labels, rates) go in ``model_kwargs``, which follows the
+    rows (or are looked up with ``with_index=True``).
 
     Args:
         f: the velocity, ``f(x, t) -> dx/dt`` with x (n, *shape) and t (n,), n <= B the samples still integrating;
@@ -96,6 +96,9 @@ def odeint(f: Callable[..., torch.Tensor], x0: torch.Tensor, t0: float | torch.T
             starting-step estimate (which costs one evaluation of f).
         dtype_t: the time dtype, torch.float64 (the default, whatever x0's dtype) or torch.float32.
         with_index: call ``f(x, t, index)`` (see ``f``).
+        model_kwargs: per-sample inputs of f (class labels, guidance scales, conditioning images): f is called as
+            ``f(x, t, **model_kwargs)``, each tensor of one or more dimensions (first dimension B) sliced to the
+            rows still integrating; 0-d tensors and other values are passed as they are.
 
     Returns:
         :class:`ODEResult` with x (B, *shape) in x0's dtype, t (B,) in the time dtype, nfe (B,) int64, success (B,)
@@ -157,6 +160,7 @@ def odeint(f: Callable[..., torch.Tensor], x0: torch.Tensor, t0: float | torch.T
         raise ValueError(f"x0 must have at least one element per sample, got shape {tuple(x0.shape)}")
     t0 = _times("t0", t0, B, dtype=dtype_t, device=device)
     t1 = _times("t1", t1, B, dtype=dtype_t, device=device)
+    model_kwargs = check_kwargs("model_kwargs", model_kwargs, B, device)
     if h0 is not None:
         if isinstance(h0, torch.Tensor):
             h0 = _times("h0", h0, B, dtype=dtype_t, device=device)
@@ -173,7 +177,7 @@ def odeint(f: Callable[..., torch.Tensor], x0: torch.Tensor, t0: float | torch.T
     nfe = torch.zeros(B, dtype=torch.long, device=device)
     n_acc, n_rej = torch.zeros_like(nfe), torch.zeros_like(nfe)
     success = t0 == t1  # zero-length intervals are done; the rest are set when they land
-    rhs = RHS(f, shape, io_dtype, state_dtype, nfe, with_index)
+    rhs = RHS(f, shape, io_dtype, state_dtype, nfe, with_index, model_kwargs)
     bar = progress_bar(progress, B, f"odeint[{method}]", unit="sample")
     try:
         with torch.no_grad():  # sampling, not training: no graph through hundreds of evaluations of a network
