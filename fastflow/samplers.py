@@ -13,7 +13,7 @@ and accepts ``callback`` and ``progress`` (a tqdm bar).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +24,7 @@ from ._core.progress import bar as progress_bar
 from ._core.types import DeviceLike
 from .families import Family
 from .ode import ODEResult, StepInfo, odeint
+from .ode.methods import METHODS
 
 __all__ = ["SampleResult", "edm_sigmas", "edm_sample", "flow_sample", "family_sample", "Oracle", "straightness"]
 
@@ -37,8 +38,8 @@ class SampleResult:
         nfe: (B,) int64 evaluations of the model per sample.
         success: (B,) bool: the sample reached the end time (False: the solver's max_steps ran out).
         t: (B,) the time each sample reached (the sampler's own variable: sigma, t, or log z for PFGM).
-        intermediates: None, or the states on the sampler's grid when asked for (:func:`edm_sample`'s
-            ``return_intermediates``: (K + 1, B, *shape)).
+        intermediates: None, or the states on the sampler's grid when asked for (``return_intermediates``):
+            (G, B, *shape), x_init first and x last (:func:`edm_sample`: G = K + 1 noise levels).
     """
 
     x: torch.Tensor
@@ -309,11 +310,23 @@ def _from_ode(res: ODEResult) -> SampleResult:
 def flow_sample(velocity: Callable, x_init: torch.Tensor, *, t_start: float = 1.0, t_end: float = 0.0,
                 method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
                 max_steps: int = 10_000, callback: Callable[[StepInfo], object] | None = None,
-                progress: bool = False, model_kwargs: dict | None = None) -> SampleResult:
+                progress: bool = False, model_kwargs: dict | None = None,
+                time_grid: torch.Tensor | Sequence[float] | None = None, shift: float = 1.0,
+                return_intermediates: bool = False) -> SampleResult:
     """A velocity model integrated from noise (t = 1) to data (t = 0): rectified flow / flow matching.
 
-    dx/dt = v(x, t) with x_t = (1 - t) x0 + t eps (fastflow.RectifiedFlow's convention: noise at t = 1), solved
-    by :func:`fastflow.odeint` backward from ``t_start`` to ``t_end``.
+    dx/dt = v(x, t) with x_t = (1 - t) x0 + t eps (fastflow.RectifiedFlow's convention: noise at t = 1; any
+    :class:`fastflow.AffinePath` model works the same way), solved by :func:`fastflow.odeint` backward from
+    ``t_start`` to ``t_end``.
+
+    Time grids: ``time_grid`` (a monotone 1-D grid of G >= 2 times, t_start and t_end being its ends) with a
+    fixed-step method takes exactly one step per interval (diffusers' flow-matching Euler scheduler with
+    ``method="euler"``); with dopri5 the solver lands on each grid time. Without a grid, a fixed-step method with
+    ``steps`` uses the uniform grid of steps + 1 times. ``shift`` (SD3's timestep shift, diffusers'
+    ``shift``) maps each grid time t to shift t / (1 + (shift - 1) t), spending more steps near the noise for
+    shift > 1; it needs a grid (or ``steps``). ``return_intermediates`` returns the states at the G grid times
+    (the first being x_init) as ``SampleResult.intermediates`` (G, B, *shape). A grid replaces t_start
+    and t_end.
 
     Args:
         velocity: ``v(x, t) -> dx/dt``, x (n, *shape), t (n,) in x's dtype (n: samples still integrating).
@@ -322,14 +335,54 @@ def flow_sample(velocity: Callable, x_init: torch.Tensor, *, t_start: float = 1.
         method, rtol, atol, steps, max_steps, callback, progress: as :func:`fastflow.odeint`.
         model_kwargs: per-sample inputs of the model, ``velocity(x, t, **model_kwargs)`` (class labels, ...):
             tensors of one or more dimensions (first dimension B) follow the samples still integrating.
+        time_grid, shift, return_intermediates: see above.
 
     Returns:
         :class:`SampleResult`.
     """
     if not callable(velocity):
         raise TypeError(f"velocity must be callable as v(x, t), got {type(velocity).__name__}")
-    return _from_ode(odeint(velocity, x_init, t_start, t_end, method=method, rtol=rtol, atol=atol, steps=steps,
-                            max_steps=max_steps, callback=callback, progress=progress, model_kwargs=model_kwargs))
+    shift = V.number("shift", shift)
+    V.flag("return_intermediates", return_intermediates)
+    fixed = method in METHODS and not METHODS[method]().adaptive
+    if time_grid is None and fixed and steps is not None:
+        steps = V.count("steps", steps, minimum=1)
+        time_grid = torch.linspace(float(t_start), float(t_end), steps + 1, dtype=torch.float64)
+    if time_grid is None:
+        if shift != 1.0 or return_intermediates:
+            raise ValueError("shift and return_intermediates need a time grid: pass time_grid, or steps with a "
+                             "fixed-step method")
+        return _from_ode(odeint(velocity, x_init, t_start, t_end, method=method, rtol=rtol, atol=atol,
+                                steps=steps, max_steps=max_steps, callback=callback, progress=progress,
+                                model_kwargs=model_kwargs))
+    grid = _flow_grid(time_grid, shift)
+    res = odeint(velocity, x_init, float(grid[0]), float(grid[-1]), method=method, rtol=rtol, atol=atol,
+                 steps=1 if fixed else None, max_steps=max_steps, callback=callback, progress=progress,
+                 model_kwargs=model_kwargs, t_eval=grid[1:-1] if len(grid) > 2 else None)
+    out = _from_ode(res)
+    if return_intermediates:
+        inner = [] if res.x_eval is None else list(res.x_eval)
+        out.intermediates = torch.stack([V.tensor("x_init", x_init).to(res.x.dtype), *inner, res.x])
+    return out
+
+
+def _flow_grid(time_grid, shift: float) -> torch.Tensor:
+    """A checked, shifted (G,) float64 grid: finite, strictly monotone, G >= 2, times in [0, 1] when shifted."""
+    g = torch.as_tensor(time_grid, dtype=torch.float64).detach().cpu()
+    if g.dim() != 1 or g.numel() < 2:
+        raise ValueError(f"time_grid must be a 1-D grid of at least 2 times, got shape {tuple(g.shape)}")
+    if not bool(torch.isfinite(g).all()):
+        raise ValueError("time_grid contains NaN or inf")
+    dg = g[1:] - g[:-1]
+    if not (bool((dg > 0).all()) or bool((dg < 0).all())):
+        raise ValueError(f"time_grid must be strictly monotone, got {g.tolist()[:8]}...")
+    if shift != 1.0:
+        if shift <= 0:
+            raise ValueError(f"shift must be > 0, got {shift}")
+        if not bool(((g >= 0) & (g <= 1)).all()):
+            raise ValueError("a shifted time_grid must lie in [0, 1] (the shift maps [0, 1] onto itself)")
+        g = shift * g / (1.0 + (shift - 1.0) * g)
+    return g
 
 
 class Oracle:

@@ -20,6 +20,7 @@ class ODEResult:
             underflowed, i.e. t + h == t in the time dtype).
         n_accepted: (B,) int64 accepted steps per sample.
         n_rejected: (B,) int64 rejected steps per sample (always 0 for the fixed-step methods).
+        x_eval: (K, B, *shape) the states at the times ``t_eval`` asked of :func:`odeint` (x0's dtype), else None.
     """
 
     x: torch.Tensor
@@ -28,6 +29,7 @@ class ODEResult:
     success: torch.Tensor
     n_accepted: torch.Tensor
     n_rejected: torch.Tensor
+    x_eval: torch.Tensor | None = None
 
 
 @dataclass

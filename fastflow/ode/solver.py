@@ -66,7 +66,8 @@ def odeint(f: Callable[..., torch.Tensor], x0: torch.Tensor, t0: float | torch.T
            method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
            max_steps: int = 10_000, callback: Callable[[StepInfo], object] | None = None, progress: bool = False,
            h0: float | torch.Tensor | None = None, dtype_t: torch.dtype | None = None,
-           with_index: bool = False, model_kwargs: dict | None = None) -> ODEResult:
+           with_index: bool = False, model_kwargs: dict | None = None,
+           t_eval: torch.Tensor | None = None) -> ODEResult:
     """Integrate dx/dt = f(x, t) from t0 to t1, each sample with its own clock, step size and end time.
 
     Samples that have landed on their t1 leave the batch: each call of ``f`` gets only the rows still integrating,
@@ -99,6 +100,13 @@ def odeint(f: Callable[..., torch.Tensor], x0: torch.Tensor, t0: float | torch.T
         model_kwargs: per-sample inputs of f (class labels, guidance scales, conditioning images): f is called as
             ``f(x, t, **model_kwargs)``, each tensor of one or more dimensions (first dimension B) sliced to the
             rows still integrating; 0-d tensors and other values are passed as they are.
+        t_eval: times at which to return the state as well: a (K,) grid for every sample or a (B, K) grid per
+            sample (a tensor or a sequence of floats), each between t0 and t1 (inclusive) and strictly monotone
+            from t0 towards t1. The solver lands on each of them (no interpolation): the interval is integrated
+            segment by segment, t0 -> t_eval[0] -> ... -> t_eval[K-1] -> t1. dopri5 starts each segment with a
+            fresh step estimate (2 evaluations); a fixed-step method takes ``steps`` equal steps in every
+            segment (so ``t_eval`` with steps=1 steps exactly on the grid). The states come back as
+            ``ODEResult.x_eval`` (K, B, *shape).
 
     Returns:
         :class:`ODEResult` with x (B, *shape) in x0's dtype, t (B,) in the time dtype, nfe (B,) int64, success (B,)
@@ -131,6 +139,10 @@ def odeint(f: Callable[..., torch.Tensor], x0: torch.Tensor, t0: float | torch.T
     if not callable(f):
         raise TypeError(f"f must be callable as f(x, t) -> dx/dt, got {type(f).__name__}")
     x0 = V.tensor("x0", x0)
+    if t_eval is not None:
+        return _odeint_at(f, x0, t0, t1, t_eval, method=method, rtol=rtol, atol=atol, steps=steps,
+                          max_steps=max_steps, callback=callback, progress=progress, h0=h0, dtype_t=dtype_t,
+                          with_index=with_index, model_kwargs=model_kwargs)
     V.choice("method", method, METHODS)
     meth = METHODS[method]()
     rtol = V.number("rtol", rtol)
@@ -189,3 +201,52 @@ def odeint(f: Callable[..., torch.Tensor], x0: torch.Tensor, t0: float | torch.T
             bar.close()
     return ODEResult(x=x.reshape(B, *shape).to(io_dtype), t=t, nfe=nfe, success=success, n_accepted=n_acc,
                      n_rejected=n_rej)
+
+
+def _odeint_at(f, x0, t0, t1, t_eval, *, dtype_t, h0, **kw) -> ODEResult:
+    """:func:`odeint` with ``t_eval``: one integration per segment t0 -> t_eval[:, 0] -> ... -> t1, landing on
+    each output time, the segments' counts added up."""
+    B, device = x0.shape[0], x0.device
+    tdt = torch.float64 if dtype_t is None else dtype_t
+    t0 = _times("t0", t0, B, dtype=tdt, device=device)
+    t1 = _times("t1", t1, B, dtype=tdt, device=device)
+    if not isinstance(t_eval, torch.Tensor):
+        try:
+            t_eval = torch.tensor(t_eval, dtype=tdt)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"t_eval must be a tensor or a sequence of floats, got {type(t_eval).__name__}") from e
+    if t_eval.dtype == torch.bool or t_eval.is_complex():
+        raise TypeError(f"t_eval must be real, got {t_eval.dtype}")
+    t_eval = t_eval.to(device=device, dtype=tdt)
+    if t_eval.dim() == 1:
+        t_eval = t_eval[None].expand(B, -1)
+    if t_eval.dim() != 2 or t_eval.shape[0] != B or t_eval.shape[1] == 0:
+        raise ValueError(f"t_eval must be a non-empty (K,) grid or a (B, K) = ({B}, K) grid per sample, got shape "
+                         f"{tuple(t_eval.shape)}")
+    if not V.all_finite(t_eval):
+        raise ValueError("t_eval contains NaN or inf")
+    sign = torch.sign(t1 - t0)[:, None]
+    grid = torch.cat((t0[:, None], t_eval, t1[:, None]), dim=1)
+    steps_ok = (sign * (grid[:, 1:] - grid[:, :-1]) >= 0).all(dim=1) & (sign[:, 0] != 0)
+    strict = (sign * (t_eval[:, 1:] - t_eval[:, :-1]) > 0).all(dim=1)
+    if not bool((steps_ok & strict).all()):
+        bad = torch.nonzero(~(steps_ok & strict)).squeeze(1)[:8].tolist()
+        raise ValueError(f"t_eval must lie between t0 and t1 and be strictly monotone from t0 towards t1 (t0 != "
+                         f"t1) for every sample; it is not for samples {bad}")
+    x, t = x0, t0
+    nfe = torch.zeros(B, dtype=torch.long, device=device)
+    n_acc, n_rej = torch.zeros_like(nfe), torch.zeros_like(nfe)
+    success = torch.ones(B, dtype=torch.bool, device=device)
+    outs = []
+    for k in range(t_eval.shape[1] + 1):
+        end = t_eval[:, k] if k < t_eval.shape[1] else t1
+        res = odeint(f, x, t, end, dtype_t=tdt, h0=h0 if k == 0 else None, **kw)
+        x, t = res.x, res.t
+        nfe += res.nfe
+        n_acc += res.n_accepted
+        n_rej += res.n_rejected
+        success &= res.success
+        if k < t_eval.shape[1]:
+            outs.append(res.x)
+    return ODEResult(x=x, t=t, nfe=nfe, success=success, n_accepted=n_acc, n_rejected=n_rej,
+                     x_eval=torch.stack(outs))
