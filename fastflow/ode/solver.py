@@ -67,7 +67,7 @@ def odeint(f: Callable[..., torch.Tensor], x0: torch.Tensor, t0: float | torch.T
            max_steps: int = 10_000, callback: Callable[[StepInfo], object] | None = None, progress: bool = False,
            h0: float | torch.Tensor | None = None, dtype_t: torch.dtype | None = None,
            with_index: bool = False, model_kwargs: dict | None = None,
-           t_eval: torch.Tensor | None = None) -> ODEResult:
+           t_eval: torch.Tensor | None = None, grad: bool = False) -> ODEResult:
     """Integrate dx/dt = f(x, t) from t0 to t1, each sample with its own clock, step size and end time.
 
     Samples that have landed on their t1 leave the batch: each call of ``f`` gets only the rows still integrating,
@@ -107,6 +107,12 @@ def odeint(f: Callable[..., torch.Tensor], x0: torch.Tensor, t0: float | torch.T
             fresh step estimate (2 evaluations); a fixed-step method takes ``steps`` equal steps in every
             segment (so ``t_eval`` with steps=1 steps exactly on the grid). The states come back as
             ``ODEResult.x_eval`` (K, B, *shape).
+        grad: backpropagate through the solver (discretise-then-optimise): the result is differentiable in x0
+            and in whatever f's output depends on (a network's parameters, tensors in model_kwargs), through
+            every stage of the fixed-step methods and of dopri5's accepted steps; the step sizes that the error
+            control chose are constants (not differentiated), and rejected trial steps leave no graph. The
+            compaction of finished rows stays differentiable. Memory grows with the number of steps (each stage
+            is kept for the backward); the step arithmetic runs in plain torch ops then, not the fused kernels.
 
     Returns:
         :class:`ODEResult` with x (B, *shape) in x0's dtype, t (B,) in the time dtype, nfe (B,) int64, success (B,)
@@ -133,16 +139,17 @@ def odeint(f: Callable[..., torch.Tensor], x0: torch.Tensor, t0: float | torch.T
 
         float16/bfloat16 states are integrated in float32 (f still gets x0's dtype) and rounded once at the end.
 
-        No gradients flow through odeint: it runs f under ``torch.no_grad()`` (a sampler; backpropagation through
-        the solver or an adjoint method is not provided).
+        Without ``grad`` no gradients flow through odeint: it runs f under ``torch.no_grad()`` (a sampler: no
+        graph through hundreds of evaluations of a network). There is no adjoint method.
     """
     if not callable(f):
         raise TypeError(f"f must be callable as f(x, t) -> dx/dt, got {type(f).__name__}")
     x0 = V.tensor("x0", x0)
+    V.flag("grad", grad)
     if t_eval is not None:
         return _odeint_at(f, x0, t0, t1, t_eval, method=method, rtol=rtol, atol=atol, steps=steps,
                           max_steps=max_steps, callback=callback, progress=progress, h0=h0, dtype_t=dtype_t,
-                          with_index=with_index, model_kwargs=model_kwargs)
+                          with_index=with_index, model_kwargs=model_kwargs, grad=grad)
     V.choice("method", method, METHODS)
     meth = METHODS[method]()
     rtol = V.number("rtol", rtol)
@@ -182,7 +189,7 @@ def odeint(f: Callable[..., torch.Tensor], x0: torch.Tensor, t0: float | torch.T
             raise ValueError("h0 must be > 0 (a step magnitude; the direction comes from t1 - t0)")
 
     io_dtype = x0.dtype
-    x0 = x0.detach()
+    x0 = x0 if grad else x0.detach()
     state_dtype = io_dtype if io_dtype in (torch.float32, torch.float64) else torch.float32
     x = x0.reshape(B, d).to(dtype=state_dtype, copy=True)
     t = t0.clone()
@@ -192,7 +199,8 @@ def odeint(f: Callable[..., torch.Tensor], x0: torch.Tensor, t0: float | torch.T
     rhs = RHS(f, shape, io_dtype, state_dtype, nfe, with_index, model_kwargs)
     bar = progress_bar(progress, B, f"odeint[{method}]", unit="sample")
     try:
-        with torch.no_grad():  # sampling, not training: no graph through hundreds of evaluations of a network
+        # sampling, not training: no graph through hundreds of evaluations of a network, unless asked for
+        with torch.set_grad_enabled(grad):
             integrate(meth, rhs, x, t, t1, success, n_acc, n_rej, steps=steps, h0=h0, rtol=rtol, atol=atol,
                        max_steps=max_steps, callback=callback, bar=bar)
     finally:

@@ -81,6 +81,15 @@ def _rows(v: torch.Tensor, lead: tuple[int, ...]) -> torch.Tensor:
     return r if r.stride(-1) == 1 else r.contiguous()
 
 
+def _graph(y: torch.Tensor, K) -> bool:
+    """Whether autograd records this call (odeint(grad=True)): grad mode on and y or a stage requires grad."""
+    if not torch.is_grad_enabled():
+        return False
+    if y.requires_grad:
+        return True
+    return any(k.requires_grad for k in (K if isinstance(K, (list, tuple)) else [K]))
+
+
 def _uses_op(name: str, y: torch.Tensor) -> bool:
     """Whether the torch backend will call the C++ op (which takes the stages as a list)."""
     return name == "torch" and use_ext(y)
@@ -118,6 +127,10 @@ def combine(y: torch.Tensor, K: torch.Tensor, h: torch.Tensor, coeffs: Sequence[
     Returns:
         (B, d) in y's dtype.
     """
+    if _graph(y, K):  # odeint(grad=True): plain torch ops, which autograd differentiates (the fused ops do not)
+        # h is copied: autograd keeps it for the backward, and the step-size control overwrites h in place later
+        Ks = list(K.unbind(0)) if isinstance(K, torch.Tensor) else list(K)
+        return combine_reference(y, Ks, h.detach().clone(), tuple(float(c) for c in coeffs), out=out)
     if not check and out is None and isinstance(K, list) and _direct_op(y):
         res = torch.empty_like(y)
         torch.ops.fastflow.rk_combine_(res, y, K, _h64(h), coeffs)
@@ -160,6 +173,11 @@ def error_norm(y: torch.Tensor, y_new: torch.Tensor, K: torch.Tensor, h: torch.T
     Returns:
         (B,) in float32 for float32/16 states, float64 for float64 states.
     """
+    if _graph(y, K) or (isinstance(y_new, torch.Tensor) and y_new.requires_grad and torch.is_grad_enabled()):
+        # odeint(grad=True): the step-size control is not differentiated (the accepted steps are constants)
+        with torch.no_grad():
+            Kd = K.detach() if isinstance(K, torch.Tensor) else [k.detach() for k in K]
+            return error_norm(y.detach(), y_new.detach(), Kd, h.detach(), e_coeffs, rtol, atol, check=check)
     if not check and isinstance(K, list) and _direct_op(y):
         res = torch.empty(y.shape[0], dtype=torch.float64 if y.dtype == torch.float64 else torch.float32)
         torch.ops.fastflow.rk_error_norm_(res, y, y_new, K, _h64(h), e_coeffs, float(rtol), float(atol))
