@@ -16,6 +16,12 @@ Providers (every one solves the same ODE to rtol = atol = 1e-4 with an explicit 
   finished samples leave the batch that f gets.
 - ``fastflow_shared``: ``fastflow.odeint`` on the batch flattened into one sample, i.e. one shared clock and one
   RMS norm over the whole batch: the shared-step baseline with fastflow's own controller and kernels.
+- ``k_diffusion`` (the ``edm_*`` workloads only): k-diffusion's ``sampling.sample_heun`` / ``sample_dpmpp_2m``
+  (``disable=True``: no tqdm bar). When ``import k_diffusion`` fails for its heavy optional imports (torchvision,
+  scikit-image, clip, ...), those functions are compiled from the installed package's own ``sampling.py`` text
+  (with ``utils.append_dims`` from its ``utils.py``), which is k-diffusion's code unchanged; the row's note says
+  which. ``pip install --no-deps k-diffusion`` is enough for that; not installed: the rows are skipped.
+  On these workloads ``fastflow`` is ``fastflow.edm_sample(solver="heun" | "dpmpp_2m", sigmas=...)``.
 
 Workloads:
 
@@ -30,6 +36,11 @@ Workloads:
   ``pfgm.prior`` (official clipped radius, z_max and upper_norm from ``pfgm.hyperparameters``) integrated from
   z_max to z_min = 1e-3 in log z. torchdiffeq, torchode and fastflow_shared integrate fastflow's form of the ODE
   (v_z clamped at -1e-5; never active here: the exact field has v_z <= -1.6e-3).
+- ``edm_heun``, ``edm_dpmpp_2m``: EDM sampling, x (1000, 3072) float32 from sigma_max = 80 on ``edm_sigmas(18)``
+  (float64 for fastflow, float32 for k-diffusion as its get_sigmas_karras gives; 35 resp. 18 denoiser calls), with the exact denoiser of Gaussian data N(0, 0.5^2 I),
+  D(x, sigma) = x s^2 / (s^2 + sigma^2): one elementwise pass, so what is measured is each sampler's own cost
+  per model evaluation. Quality: relative error ||x - x_exact|| / ||x_exact|| per sample against the ODE's exact
+  end point x_exact = s / sqrt(s^2 + sigma_max^2) x_T (the same for both providers: same algorithm, same grid).
 
 Measured, per run: the time end to end (perf_counter around the solve; CUDA: synchronised), the time inside f
 (each call of the field/network bracketed by perf_counter, synchronised on CUDA), the number of calls of f and the
@@ -51,6 +62,7 @@ Usage::
     python benchmarks/bench_solvers.py --quick          # small sizes, one round, well under a minute
     python benchmarks/bench_solvers.py                  # the full run (~10 min on 2 CPU cores)
     python benchmarks/bench_solvers.py --workloads mixed --providers torchdiffeq fastflow fastflow_shared
+    python benchmarks/bench_solvers.py --workloads edm_heun edm_dpmpp_2m   # edm_sample beside k-diffusion
     python benchmarks/bench_solvers.py --profile        # plus a cProfile of fastflow per workload
 
 Rows are merged into ``--out`` (default ``benchmarks/results/solvers_<device>.json``): a row replaces an earlier
@@ -78,18 +90,28 @@ import _common as C
 import fastflow
 from fastflow import pfgm
 
-PROVIDERS = ("scipy_rk45", "torchdiffeq", "torchode", "fastflow", "fastflow_shared")
+PROVIDERS = ("scipy_rk45", "torchdiffeq", "torchode", "fastflow", "fastflow_shared", "k_diffusion")
+#: the providers that solve each kind of workload
+APPLIES = {"linear": ("scipy_rk45", "torchdiffeq", "torchode", "fastflow", "fastflow_shared"),
+           "pfgm": ("scipy_rk45", "torchdiffeq", "torchode", "fastflow", "fastflow_shared"),
+           "edm": ("fastflow", "k_diffusion")}
 RTOL = ATOL = 1e-4
 #: name -> parameters; "quick" variants for --quick
 WORKLOADS = {
     "analytic": dict(B=1000, d=3072, lam=(0.5, 2.0), omega=2 * math.pi, t0=1.0, t1=0.0),
     "mixed": dict(B=1000, d=256, lam=(1.0, 1000.0), omega=2 * math.pi, t0=1.0, t1=0.0),
     "pfgm": dict(B=256, z_min=1e-3),
+    "edm_heun": dict(B=1000, d=3072, steps=18, sigma_min=0.002, sigma_max=80.0, rho=7.0, s=0.5, solver="heun"),
+    "edm_dpmpp_2m": dict(B=1000, d=3072, steps=18, sigma_min=0.002, sigma_max=80.0, rho=7.0, s=0.5,
+                         solver="dpmpp_2m"),
 }
 QUICK = {
     "analytic": dict(B=64, d=768, lam=(0.5, 2.0), omega=2 * math.pi, t0=1.0, t1=0.0),
     "mixed": dict(B=128, d=64, lam=(1.0, 100.0), omega=2 * math.pi, t0=1.0, t1=0.0),
     "pfgm": dict(B=32, z_min=1e-3),
+    "edm_heun": dict(B=64, d=768, steps=18, sigma_min=0.002, sigma_max=80.0, rho=7.0, s=0.5, solver="heun"),
+    "edm_dpmpp_2m": dict(B=64, d=768, steps=18, sigma_min=0.002, sigma_max=80.0, rho=7.0, s=0.5,
+                         solver="dpmpp_2m"),
 }
 #: the issue's goals
 GOAL_OVH_VS_SCIPY = 10.0
@@ -130,15 +152,16 @@ class Workload:
     """One problem: the initial state, the time span and what f is; ``net`` is the timed field or network."""
 
     name: str
-    kind: str  # "linear" or "pfgm"
+    kind: str  # "linear", "pfgm" or "edm"
     x0: torch.Tensor  # (B, *shape) float32
     t0: float
     t1: float
     net: Timed
     params: dict
-    exact: torch.Tensor | None = None  # linear: (B, d) float64 x(t1)
+    exact: torch.Tensor | None = None  # linear, edm: (B, d) float64 x(t1)
     ref: torch.Tensor | None = None  # pfgm: (R, *shape)
     extra: dict = field(default_factory=dict)
+    sigmas: torch.Tensor | None = None  # edm: (steps + 1,) float64 grid, ending in 0
 
     @property
     def B(self) -> int:
@@ -215,8 +238,26 @@ def make_pfgm(name: str, p: dict, seed: int, device: torch.device) -> Workload:
                                        "digit_nn_median": float(dd.min(dim=1).values.median())})
 
 
+def make_edm(name: str, p: dict, seed: int, device: torch.device) -> Workload:
+    g = torch.Generator().manual_seed(seed + 3)
+    B, d, s, smax = p["B"], p["d"], p["s"], p["sigma_max"]
+    x0 = torch.randn(B, d, generator=g) * smax
+    s2 = s * s
+
+    def den(x, sigma):  # E[x0 | x_sigma = x] for x0 ~ N(0, s^2 I): one elementwise pass
+        return x * (s2 / (s2 + sigma * sigma))[:, None]
+
+    exact = x0.double() * (s / math.sqrt(s2 + smax * smax))
+    sig = fastflow.edm_sigmas(p["steps"], p["sigma_min"], smax, p["rho"], device=device)
+    return Workload(name, "edm", x0.to(device), smax, 0.0, Timed(den, device), p, exact=exact,
+                    extra={"solver": p["solver"], "steps": p["steps"], "sigma_min": p["sigma_min"],
+                           "sigma_max": smax, "rho": p["rho"], "data_std": s}, sigmas=sig)
+
+
 def make_workload(name: str, quick: bool, seed: int, device: torch.device) -> Workload:
     p = (QUICK if quick else WORKLOADS)[name]
+    if name.startswith("edm"):
+        return make_edm(name, p, seed, device)
     return make_pfgm(name, p, seed, device) if name == "pfgm" else make_linear(name, p, seed, device)
 
 
@@ -240,8 +281,57 @@ class Solved:
     note: str | None = None
 
 
+def load_k_diffusion():
+    """(namespace with sample_heun and sample_dpmpp_2m, how it was loaded) from the installed k-diffusion.
+
+    ``import k_diffusion`` imports its whole package (torchvision, scikit-image, clip, wandb, ...); when that
+    fails, the two functions (and ``to_d``) are compiled from the installed ``k_diffusion/sampling.py`` as they
+    stand, with ``utils.append_dims`` from ``k_diffusion/utils.py``: k-diffusion's own code, unchanged. Raises
+    ImportError with the reason when k-diffusion is not installed.
+    """
+    import importlib.metadata
+    import importlib.util
+
+    version = importlib.metadata.version("k-diffusion") if importlib.util.find_spec("k_diffusion") else None
+    if version is None:
+        raise ImportError("k-diffusion is not installed; pip install --no-deps k-diffusion")
+    try:
+        import k_diffusion.sampling as ks
+
+        return ks, f"k-diffusion {version}, imported"
+    except Exception as e:  # any failure of its optional imports
+        why = f"{type(e).__name__}: {e}"
+    import ast
+    import types
+
+    from tqdm.auto import tqdm, trange
+
+    pkg = Path(importlib.util.find_spec("k_diffusion").origin).parent
+
+    def functions(path: Path, names: set) -> types.CodeType:
+        tree = ast.parse(path.read_text())
+        body = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in names]
+        if {n.name for n in body} != names:
+            raise ImportError(f"{path} lacks {sorted(names - {n.name for n in body})}")
+        return compile(ast.Module(body=body, type_ignores=[]), str(path), "exec")
+
+    utils = types.SimpleNamespace(__name__="k_diffusion.utils")
+    exec(functions(pkg / "utils.py", {"append_dims"}), vars(utils))
+    ns = types.SimpleNamespace(__name__="k_diffusion.sampling", torch=torch, math=math, trange=trange, tqdm=tqdm,
+                               utils=utils)
+    exec(functions(pkg / "sampling.py", {"to_d", "sample_heun", "sample_dpmpp_2m"}), vars(ns))
+    return ns, (f"k-diffusion {version}: sample_heun / sample_dpmpp_2m compiled from its installed sampling.py "
+                f"(import k_diffusion failed: {why})")
+
+
 def missing(provider: str, wl_kind: str) -> str | None:
     """Why a provider cannot run here (its package is missing), or None."""
+    if provider == "k_diffusion":
+        try:
+            load_k_diffusion()
+        except ImportError as e:
+            return str(e)
+        return None
     mod = {"scipy_rk45": "scipy", "torchdiffeq": "torchdiffeq", "torchode": "torchode"}.get(provider)
     if mod is None:
         return None
@@ -338,7 +428,18 @@ def run_torchode(wl: Workload) -> Solved:
                   success=bool((sol.status == 0).all()))
 
 
+def run_k_diffusion(wl: Workload) -> Solved:
+    ks, _ = load_k_diffusion()
+    fn = ks.sample_heun if wl.params["solver"] == "heun" else ks.sample_dpmpp_2m
+    # the grid in float32, as k-diffusion's get_sigmas_karras makes it: a float64 grid would turn sample_heun's
+    # float32 state into float64 (to_d divides by append_dims(sigma), a (1, 1) float64 tensor, not a 0-d one)
+    return Solved(fn(wl.net, wl.x0, wl.sigmas.to(torch.float32), disable=True))
+
+
 def run_fastflow(wl: Workload) -> Solved:
+    if wl.kind == "edm":
+        res = fastflow.edm_sample(wl.net, wl.x0, sigmas=wl.sigmas, solver=wl.params["solver"])
+        return Solved(res.x, nfe=res.nfe, success=bool(res.success.all()))
     if wl.kind == "linear":
         res = fastflow.odeint(wl.net, wl.x0, wl.t0, wl.t1, method="dopri5", rtol=RTOL, atol=ATOL, with_index=True)
     else:
@@ -364,6 +465,7 @@ RUNNERS = {
     "torchode": run_torchode,
     "fastflow": run_fastflow,
     "fastflow_shared": run_fastflow_shared,
+    "k_diffusion": run_k_diffusion,
 }
 NOTES = {
     "scipy_rk45": "official route: float64 numpy, RK45, conversion per call, shared step",
@@ -371,6 +473,7 @@ NOTES = {
     "torchode": "Dopri5 + IntegralController, per-sample steps, f gets the full batch",
     "fastflow": "dopri5, per-sample steps, finished samples dropped",
     "fastflow_shared": "fastflow.odeint on the batch as one sample (shared step)",
+    "k_diffusion": "k-diffusion sample_heun / sample_dpmpp_2m, disable=True",
 }
 
 
@@ -408,6 +511,9 @@ def quality(wl: Workload, x: torch.Tensor) -> dict:
     xf = x.reshape(wl.B, -1).double().cpu()
     if not bool(torch.isfinite(xf).all()):
         return {"quality_kind": "nonfinite", "q_median": None, "q_max": None}
+    if wl.kind == "edm":
+        e = (xf - wl.exact).norm(dim=1) / wl.exact.norm(dim=1)
+        return {"quality_kind": "rel err", "q_median": float(e.median()), "q_max": float(e.max())}
     if wl.kind == "linear":
         e = ((xf - wl.exact) / (ATOL + RTOL * wl.exact.abs())).pow(2).mean(dim=1).sqrt()
         return {"quality_kind": "err/tol", "q_median": float(e.median()), "q_max": float(e.max())}
@@ -425,6 +531,7 @@ def bench_workload(name: str, providers, args, device: torch.device, meta: dict)
           + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in wl.extra.items())
           + f"  (setup {time.perf_counter() - t_setup:.1f} s)", flush=True)
     rows, active = {}, []
+    providers = [p for p in providers if p in APPLIES[wl.kind]]
     for prov in providers:
         reason = missing(prov, wl.kind)
         if reason is not None:
@@ -432,6 +539,8 @@ def bench_workload(name: str, providers, args, device: torch.device, meta: dict)
             print(f"   {prov:16s} skipped: {reason}", flush=True)
         else:
             active.append(prov)
+            if prov == "k_diffusion":
+                NOTES[prov] = "sample_heun / sample_dpmpp_2m, disable=True; " + load_k_diffusion()[1]
 
     runs: dict[str, list[RunStats]] = {p: [] for p in active}
     # Warm-up: one untimed run each (allocator pools at this size, lazy imports, thread pools); it also gives the
@@ -487,7 +596,7 @@ def bench_workload(name: str, providers, args, device: torch.device, meta: dict)
         if r.get("skipped"):
             continue
         mine = runs[r["provider"]]
-        for other in ("scipy_rk45", "torchdiffeq", "torchode"):
+        for other in ("scipy_rk45", "torchdiffeq", "torchode", "k_diffusion"):
             key = f"overhead_lower_than_{other}"
             if other not in runs:
                 r[key] = r[key + "_rounds"] = None
@@ -588,6 +697,7 @@ COLUMNS = [
     ("ovh us/row", lambda r: C.fmt_num(r.get("overhead_per_sample_eval_us"), ".3g")),
     ("scipy/this", lambda r: _ratio(r, "overhead_lower_than_scipy_rk45")),
     ("tdq/this", lambda r: _ratio(r, "overhead_lower_than_torchdiffeq")),
+    ("kdiff/this", lambda r: _ratio(r, "overhead_lower_than_k_diffusion")),
     ("evals/tdq", lambda r: _ratio(r, "sample_evals_vs_torchdiffeq")),
     ("quality med (max)", lambda r: f"{r['quality_kind']} {C.fmt_num(r.get('q_median'), '.3g')} "
      f"({C.fmt_num(r.get('q_max'), '.3g')})" if r.get("quality_kind") else "-"),
@@ -629,6 +739,11 @@ def main(argv=None) -> int:
         peers[mod] = None
         with contextlib.suppress(Exception):
             peers[mod] = getattr(__import__(mod), "__version__", "?")
+    peers["k_diffusion"] = None  # its package import may fail (heavy optional imports): the distribution's version
+    with contextlib.suppress(Exception):
+        import importlib.metadata
+
+        peers["k_diffusion"] = importlib.metadata.version("k-diffusion")
     run_ts = C.utc_now()
     meta = dict(benchmark="bench_solvers", timestamp=run_ts, **C.device_info(device), **C.versions(),
                 peer_versions=peers, quick=args.quick, seed=args.seed,
@@ -656,9 +771,10 @@ def main(argv=None) -> int:
 
     print(f"\nresults ({elapsed:.0f} s; medians over {args.repeats} round(s)). e2e: the solve end to end; in f: time "
           "inside the field/network; sample-evals: sum over calls of the rows f got;\nNFE/sample: per-sample count "
-          "(fastflow, torchode) or calls; ovh: (e2e - in f) per call and per row; scipy/this, tdq/this: their "
+          "(fastflow, torchode) or calls; ovh: (e2e - in f) per call and per row; scipy/this, tdq/this, kdiff/this: their "
           "overhead per call over this one's\n(paired round by round, median over rounds); evals/tdq: sample-evals over torchdiffeq's; quality: err/tol vs the "
-          "exact solution (analytic), distance to the nearest digit (pfgm)\n")
+          "exact solution (analytic), distance to the nearest digit (pfgm),\nrelative error vs the ODE's exact end "
+          "point (edm_*)\n")
     C.print_table(rows, COLUMNS)
 
     old = [] if args.fresh else C.load_rows(out_path)

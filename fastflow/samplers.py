@@ -23,8 +23,10 @@ from ._core import validate as V
 from ._core.progress import bar as progress_bar
 from ._core.types import DeviceLike
 from .families import Family
+from .multistep import dpmpp_2m_path
 from .ode import ODEResult, StepInfo, odeint
 from .ode.methods import METHODS
+from .schedulers import Scheduler
 
 __all__ = ["SampleResult", "edm_sigmas", "edm_sample", "flow_sample", "family_sample", "Oracle", "straightness"]
 
@@ -254,29 +256,33 @@ def edm_sample(denoiser: Callable, x_init: torch.Tensor, *, sigma_min: float = 0
                     gamma = gamma_max if S_min <= s <= S_max else 0.0
                     s_hat = s + gamma * s
                     if s_hat > s:
-                        x_hat = state + eps.to(state.dtype).mul_(math.sqrt(s_hat * s_hat - s * s) * S_noise)
+                        x_hat = eps.to(state.dtype).mul_(math.sqrt(s_hat * s_hat - s * s) * S_noise).add_(state)
                 denoised = den(x_hat, s_hat)
                 nfe += 1
+                # In-place arithmetic on the sampler's own temporaries (never on a tensor the denoiser saw): one
+                # to three new (B, *shape) buffers per step.
                 if solver == "dpmpp_2m":
                     if s_next == 0:  # (0 / sigma) x - expm1(-inf) D = D
                         x_next = denoised.clone()
                     else:
                         t, t_next = -math.log(s), -math.log(s_next)
                         h = t_next - t
-                        d_use = denoised
-                        if old_den is not None:
-                            r = (t + math.log(sig[i - 1])) / h  # h_last / h
-                            d_use = denoised * (1 + 1 / (2 * r)) - old_den * (1 / (2 * r))
-                        x_next = state * (s_next / s) - d_use * math.expm1(-h)
+                        if old_den is None:  # first order: x = (s_next / s) x - expm1(-h) D
+                            x_next = torch.mul(denoised, -math.expm1(-h))
+                        else:  # D' = (1 + 1/(2r)) D - D_old / (2r), r = h_last / h
+                            r = (t + math.log(sig[i - 1])) / h
+                            x_next = torch.mul(denoised, 1 + 1 / (2 * r)).sub_(old_den, alpha=1 / (2 * r))
+                            x_next.mul_(-math.expm1(-h))
+                        x_next.add_(state, alpha=s_next / s)
                     old_den = denoised
                 else:
                     h = s_next - s_hat
-                    d_cur = (x_hat - denoised).div_(s_hat)
-                    x_next = x_hat + d_cur * h
+                    d_cur = torch.sub(x_hat, denoised).div_(s_hat)
+                    x_next = torch.add(x_hat, d_cur, alpha=h)
                     if solver == "heun" and s_next > 0:  # Heun's correction (2nd order), except a step to 0
-                        d_prime = (x_next - den(x_next, s_next)).div_(s_next)
+                        d_prime = torch.sub(x_next, den(x_next, s_next)).div_(s_next)
                         nfe += 1
-                        x_next = x_hat + d_prime.add_(d_cur).mul_(0.5 * h)  # = h (d_cur / 2 + d_prime / 2)
+                        x_next = d_prime.add_(d_cur).mul_(0.5 * h).add_(x_hat)  # x_hat + h (d_cur + d_prime) / 2
                 state = x_next
                 if path is not None:
                     path[i + 1] = state
@@ -312,7 +318,7 @@ def flow_sample(velocity: Callable, x_init: torch.Tensor, *, t_start: float = 1.
                 max_steps: int = 10_000, callback: Callable[[StepInfo], object] | None = None,
                 progress: bool = False, model_kwargs: dict | None = None,
                 time_grid: torch.Tensor | Sequence[float] | None = None, shift: float = 1.0,
-                return_intermediates: bool = False) -> SampleResult:
+                return_intermediates: bool = False, scheduler: Scheduler | None = None) -> SampleResult:
     """A velocity model integrated from noise (t = 1) to data (t = 0): rectified flow / flow matching.
 
     dx/dt = v(x, t) with x_t = (1 - t) x0 + t eps (fastflow.RectifiedFlow's convention: noise at t = 1; any
@@ -327,6 +333,10 @@ def flow_sample(velocity: Callable, x_init: torch.Tensor, *, t_start: float = 1.
     shift > 1; it needs a grid (or ``steps``). ``return_intermediates`` returns the states at the G grid times
     (the first being x_init) as ``SampleResult.intermediates`` (G, B, *shape). A grid replaces t_start
     and t_end.
+
+    ``method="dpmpp_2m"``: DPM-Solver++(2M) on the grid (a few steps, one evaluation each), for a model of the
+    affine path of ``scheduler`` (default :class:`fastflow.schedulers.CondOT`: rectified flow), through its data
+    prediction x0 = (sigma' x - sigma v) / (sigma' alpha - sigma alpha') (:mod:`fastflow.multistep`).
 
     Args:
         velocity: ``v(x, t) -> dx/dt``, x (n, *shape), t (n,) in x's dtype (n: samples still integrating).
@@ -344,7 +354,11 @@ def flow_sample(velocity: Callable, x_init: torch.Tensor, *, t_start: float = 1.
         raise TypeError(f"velocity must be callable as v(x, t), got {type(velocity).__name__}")
     shift = V.number("shift", shift)
     V.flag("return_intermediates", return_intermediates)
-    fixed = method in METHODS and not METHODS[method]().adaptive
+    multistep = method == "dpmpp_2m"
+    if scheduler is not None and not multistep:
+        raise ValueError("scheduler is for method='dpmpp_2m' (its data prediction); the other methods integrate "
+                         "the velocity as it is")
+    fixed = multistep or (method in METHODS and not METHODS[method]().adaptive)
     if time_grid is None and fixed and steps is not None:
         steps = V.count("steps", steps, minimum=1)
         time_grid = torch.linspace(float(t_start), float(t_end), steps + 1, dtype=torch.float64)
@@ -356,6 +370,8 @@ def flow_sample(velocity: Callable, x_init: torch.Tensor, *, t_start: float = 1.
                                 steps=steps, max_steps=max_steps, callback=callback, progress=progress,
                                 model_kwargs=model_kwargs))
     grid = _flow_grid(time_grid, shift)
+    if multistep:
+        return _dpmpp_2m(velocity, x_init, grid, scheduler, model_kwargs, return_intermediates)
     res = odeint(velocity, x_init, float(grid[0]), float(grid[-1]), method=method, rtol=rtol, atol=atol,
                  steps=1 if fixed else None, max_steps=max_steps, callback=callback, progress=progress,
                  model_kwargs=model_kwargs, t_eval=grid[1:-1] if len(grid) > 2 else None)
@@ -363,6 +379,32 @@ def flow_sample(velocity: Callable, x_init: torch.Tensor, *, t_start: float = 1.
     if return_intermediates:
         inner = [] if res.x_eval is None else list(res.x_eval)
         out.intermediates = torch.stack([V.tensor("x_init", x_init).to(res.x.dtype), *inner, res.x])
+    return out
+
+
+def _dpmpp_2m(velocity, x_init, grid, scheduler, model_kwargs, return_intermediates) -> SampleResult:
+    from .ode.loop import check_kwargs
+    from .schedulers import CondOT
+
+    x_init = V.tensor("x_init", x_init)
+    scheduler = CondOT() if scheduler is None else scheduler
+    if not isinstance(scheduler, Scheduler):
+        raise TypeError(f"scheduler must be a fastflow.schedulers.Scheduler, got {type(scheduler).__name__}")
+    if not bool(((grid >= 0) & (grid <= 1)).all()):
+        raise ValueError("method='dpmpp_2m' needs a time grid in [0, 1] (the path's time)")
+    B = x_init.shape[0]
+    kw = check_kwargs("model_kwargs", model_kwargs, B, x_init.device)
+    io = x_init.dtype
+    state = x_init.to(torch.float64 if io == torch.float64 else torch.float32)
+    with torch.no_grad():
+        x, states = dpmpp_2m_path(velocity, state, grid, scheduler, kw)
+    if not V.all_finite(x):
+        raise FloatingPointError("flow_sample(method='dpmpp_2m'): the model returned NaN or inf")
+    out = SampleResult(x=x.to(io), nfe=torch.full((B,), len(grid) - 1, dtype=torch.long, device=x.device),
+                       success=torch.ones(B, dtype=torch.bool, device=x.device),
+                       t=torch.full((B,), float(grid[-1]), dtype=torch.float64, device=x.device))
+    if return_intermediates:
+        out.intermediates = torch.stack(states).to(io)
     return out
 
 

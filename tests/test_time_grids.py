@@ -86,3 +86,59 @@ def test_flow_sample_grid_with_dopri5_and_errors():
         fastflow.flow_sample(decay, x_init, shift=3.0, model_kwargs={"rate": rate})
     with pytest.raises(ValueError, match=r"lie in \[0, 1\]"):
         fastflow.flow_sample(decay, x_init, time_grid=[2.0, 0.0], shift=3.0, model_kwargs={"rate": rate})
+
+
+def _kdiffusion_dpmpp_2m(model, x, sigmas):
+    """k-diffusion's sample_dpmpp_2m (k_diffusion/sampling.py), transcribed: the VE / EDM case."""
+    s_in = x.new_ones([x.shape[0]])
+    old = None
+    for i in range(len(sigmas) - 1):
+        den = model(x, sigmas[i] * s_in)
+        t, t_next = -torch.log(sigmas[i]), -torch.log(sigmas[i + 1])
+        h = t_next - t
+        if old is None or sigmas[i + 1] == 0:
+            x = (torch.exp(-t_next) / torch.exp(-t)) * x - torch.expm1(-h) * den
+        else:
+            r = (t - (-torch.log(sigmas[i - 1]))) / h
+            x = (torch.exp(-t_next) / torch.exp(-t)) * x - torch.expm1(-h) * ((1 + 1 / (2 * r)) * den - old / (2 * r))
+        old = den
+    return x
+
+
+@pytest.mark.parametrize("sched", [None, fastflow.schedulers.Cosine(), fastflow.schedulers.Polynomial(2.0)])
+def test_flow_dpmpp_2m_is_k_diffusions_on_the_equivalent_ve_problem(sched):
+    # x_t / alpha_t = x0 + (sigma_t / alpha_t) eps is the VE problem with sigma_ve = sigma / alpha; DPM-Solver++(2M)
+    # is invariant under that change of variables, so flow_sample's states divided by alpha are k-diffusion's
+    ref = torch.randn(5, 3, generator=torch.Generator().manual_seed(1), dtype=F64)
+    path = fastflow.RectifiedFlow() if sched is None else fastflow.AffinePath(sched)
+    oracle = fastflow.Oracle(path, ref)
+    S = path.scheduler
+    grid = torch.linspace(0.9, 0.05, 13, dtype=F64)
+    x_init = torch.randn(6, 3, generator=torch.Generator().manual_seed(2), dtype=F64)
+    res = fastflow.flow_sample(oracle, x_init, method="dpmpp_2m", time_grid=grid, scheduler=sched)
+    c = S(grid)
+    sig_ve = c.sigma / c.alpha
+
+    def denoiser(y, s):  # the path's data prediction at the time of this sigma_ve
+        i = int(torch.argmin((sig_ve - s[0]).abs()))
+        t = torch.full((y.shape[0],), float(grid[i]), dtype=F64)
+        xt = y * c.alpha[i]
+        cc = S(t)
+        v = oracle(xt, t)
+        den = cc.d_sigma * cc.alpha - cc.sigma * cc.d_alpha
+        return (cc.d_sigma[:, None] * xt - cc.sigma[:, None] * v) / den[:, None]
+
+    want = _kdiffusion_dpmpp_2m(denoiser, x_init / c.alpha[0], sig_ve) * c.alpha[-1]
+    torch.testing.assert_close(res.x, want, rtol=1e-12, atol=1e-12)
+    assert bool((res.nfe == 12).all())
+
+
+def test_flow_dpmpp_2m_to_the_data_end():
+    # one reference point: the data prediction is exact, and the solver returns it at t = 0 from pure noise
+    ref = torch.randn(1, 4, dtype=F64)
+    res = fastflow.flow_sample(fastflow.Oracle(fastflow.RectifiedFlow(), ref), torch.randn(8, 4, dtype=F64),
+                               method="dpmpp_2m", steps=5, return_intermediates=True)
+    torch.testing.assert_close(res.x, ref.expand(8, 4), rtol=0, atol=1e-14)
+    assert res.intermediates.shape == (6, 8, 4)
+    with pytest.raises(ValueError, match="scheduler is for method='dpmpp_2m'"):
+        fastflow.flow_sample(lambda x, t: x, torch.zeros(2, 2), scheduler=fastflow.schedulers.Cosine())
