@@ -21,6 +21,10 @@ Providers (every one solves the same ODE to rtol = atol = 1e-4 with an explicit 
   scikit-image, clip, ...), those functions are compiled from the installed package's own ``sampling.py`` text
   (with ``utils.append_dims`` from its ``utils.py``), which is k-diffusion's code unchanged; the row's note says
   which. ``pip install --no-deps k-diffusion`` is enough for that; not installed: the rows are skipped.
+- ``flow_matching`` (the ``flow_euler`` workload): Meta's flow_matching ``ODESolver.sample`` with Euler at step
+  1/steps (torchdiffeq's fixed grid underneath; ``pip install --no-deps flow_matching torchdiffeq``), against
+  ``fastflow.flow_sample(method="euler", steps=...)``, on the exact velocity of Gaussian data (one elementwise
+  pass, so the overhead is what is measured).
   On these workloads ``fastflow`` is ``fastflow.edm_sample(solver="heun" | "dpmpp_2m", sigmas=...)``.
 
 Workloads:
@@ -90,11 +94,12 @@ import _common as C
 import fastflow
 from fastflow import pfgm
 
-PROVIDERS = ("scipy_rk45", "torchdiffeq", "torchode", "fastflow", "fastflow_shared", "k_diffusion")
+PROVIDERS = ("scipy_rk45", "torchdiffeq", "torchode", "fastflow", "fastflow_shared", "k_diffusion", "flow_matching")
 #: the providers that solve each kind of workload
 APPLIES = {"linear": ("scipy_rk45", "torchdiffeq", "torchode", "fastflow", "fastflow_shared"),
            "pfgm": ("scipy_rk45", "torchdiffeq", "torchode", "fastflow", "fastflow_shared"),
-           "edm": ("fastflow", "k_diffusion")}
+           "edm": ("fastflow", "k_diffusion"),
+           "flow": ("fastflow", "flow_matching")}
 RTOL = ATOL = 1e-4
 #: name -> parameters; "quick" variants for --quick
 WORKLOADS = {
@@ -104,6 +109,7 @@ WORKLOADS = {
     "edm_heun": dict(B=1000, d=3072, steps=18, sigma_min=0.002, sigma_max=80.0, rho=7.0, s=0.5, solver="heun"),
     "edm_dpmpp_2m": dict(B=1000, d=3072, steps=18, sigma_min=0.002, sigma_max=80.0, rho=7.0, s=0.5,
                          solver="dpmpp_2m"),
+    "flow_euler": dict(B=1000, d=3072, steps=50, s=0.5),
 }
 QUICK = {
     "analytic": dict(B=64, d=768, lam=(0.5, 2.0), omega=2 * math.pi, t0=1.0, t1=0.0),
@@ -112,10 +118,13 @@ QUICK = {
     "edm_heun": dict(B=64, d=768, steps=18, sigma_min=0.002, sigma_max=80.0, rho=7.0, s=0.5, solver="heun"),
     "edm_dpmpp_2m": dict(B=64, d=768, steps=18, sigma_min=0.002, sigma_max=80.0, rho=7.0, s=0.5,
                          solver="dpmpp_2m"),
+    "flow_euler": dict(B=64, d=768, steps=50, s=0.5),
 }
 #: the issue's goals
 GOAL_OVH_VS_SCIPY = 10.0
 GOAL_OVH_VS_TORCHDIFFEQ = 2.0
+#: issue 13: at most 0.5x the overhead per model evaluation of k-diffusion's samplers and flow_matching's ODESolver
+GOAL_OVH_VS_SAMPLER_PEERS = 2.0
 GOAL_MIXED_NFE_RATIO = 0.7
 
 
@@ -152,7 +161,7 @@ class Workload:
     """One problem: the initial state, the time span and what f is; ``net`` is the timed field or network."""
 
     name: str
-    kind: str  # "linear", "pfgm" or "edm"
+    kind: str  # "linear", "pfgm", "edm" or "flow"
     x0: torch.Tensor  # (B, *shape) float32
     t0: float
     t1: float
@@ -254,8 +263,28 @@ def make_edm(name: str, p: dict, seed: int, device: torch.device) -> Workload:
                            "sigma_max": smax, "rho": p["rho"], "data_std": s}, sigmas=sig)
 
 
+def make_flow(name: str, p: dict, seed: int, device: torch.device) -> Workload:
+    """Rectified flow (x_t = (1 - t) x0 + t eps) of Gaussian data N(0, s^2 I): the exact velocity in one
+    elementwise pass, Euler on a uniform grid from t = 1 to 0; the exact flow maps eps to s eps."""
+    g = torch.Generator().manual_seed(seed + 4)
+    B, d, s = p["B"], p["d"], p["s"]
+    x0 = torch.randn(B, d, generator=g)
+    s2 = s * s
+
+    def vel(x, t):  # (x - E[x0 | x_t = x]) / t, E[x0 | x] = (1 - t) s^2 / ((1 - t)^2 s^2 + t^2) x
+        if t.dim() == 0:
+            t = t.expand(x.shape[0])
+        a = 1.0 - t
+        return x * ((1.0 - a * s2 / (a * a * s2 + t * t)) / t)[:, None]
+
+    return Workload(name, "flow", x0.to(device), 1.0, 0.0, Timed(vel, device), p, exact=x0.double() * s,
+                    extra={"steps": p["steps"], "method": "euler", "data_std": s})
+
+
 def make_workload(name: str, quick: bool, seed: int, device: torch.device) -> Workload:
     p = (QUICK if quick else WORKLOADS)[name]
+    if name.startswith("flow"):
+        return make_flow(name, p, seed, device)
     if name.startswith("edm"):
         return make_edm(name, p, seed, device)
     return make_pfgm(name, p, seed, device) if name == "pfgm" else make_linear(name, p, seed, device)
@@ -332,7 +361,8 @@ def missing(provider: str, wl_kind: str) -> str | None:
         except ImportError as e:
             return str(e)
         return None
-    mod = {"scipy_rk45": "scipy", "torchdiffeq": "torchdiffeq", "torchode": "torchode"}.get(provider)
+    mod = {"scipy_rk45": "scipy", "torchdiffeq": "torchdiffeq", "torchode": "torchode",
+           "flow_matching": "flow_matching"}.get(provider)
     if mod is None:
         return None
     try:
@@ -436,7 +466,19 @@ def run_k_diffusion(wl: Workload) -> Solved:
     return Solved(fn(wl.net, wl.x0, wl.sigmas.to(torch.float32), disable=True))
 
 
+def run_flow_matching(wl: Workload) -> Solved:
+    from flow_matching.solver import ODESolver
+
+    # flow_matching runs time from the source at 0 to the data at 1; a descending grid solves our t = 1 -> 0
+    x = ODESolver(velocity_model=lambda x, t: wl.net(x, t)).sample(
+        x_init=wl.x0, step_size=1.0 / wl.params["steps"], method="euler", time_grid=torch.tensor([1.0, 0.0]))
+    return Solved(x)
+
+
 def run_fastflow(wl: Workload) -> Solved:
+    if wl.kind == "flow":
+        res = fastflow.flow_sample(wl.net, wl.x0, method="euler", steps=wl.params["steps"])
+        return Solved(res.x, nfe=res.nfe, success=bool(res.success.all()))
     if wl.kind == "edm":
         res = fastflow.edm_sample(wl.net, wl.x0, sigmas=wl.sigmas, solver=wl.params["solver"])
         return Solved(res.x, nfe=res.nfe, success=bool(res.success.all()))
@@ -466,6 +508,7 @@ RUNNERS = {
     "fastflow": run_fastflow,
     "fastflow_shared": run_fastflow_shared,
     "k_diffusion": run_k_diffusion,
+    "flow_matching": run_flow_matching,
 }
 NOTES = {
     "scipy_rk45": "official route: float64 numpy, RK45, conversion per call, shared step",
@@ -474,6 +517,7 @@ NOTES = {
     "fastflow": "dopri5, per-sample steps, finished samples dropped",
     "fastflow_shared": "fastflow.odeint on the batch as one sample (shared step)",
     "k_diffusion": "k-diffusion sample_heun / sample_dpmpp_2m, disable=True",
+    "flow_matching": "flow_matching ODESolver.sample, euler (torchdiffeq fixed grid), step 1/steps",
 }
 
 
@@ -511,7 +555,7 @@ def quality(wl: Workload, x: torch.Tensor) -> dict:
     xf = x.reshape(wl.B, -1).double().cpu()
     if not bool(torch.isfinite(xf).all()):
         return {"quality_kind": "nonfinite", "q_median": None, "q_max": None}
-    if wl.kind == "edm":
+    if wl.kind in ("edm", "flow"):
         e = (xf - wl.exact).norm(dim=1) / wl.exact.norm(dim=1)
         return {"quality_kind": "rel err", "q_median": float(e.median()), "q_max": float(e.max())}
     if wl.kind == "linear":
@@ -596,7 +640,7 @@ def bench_workload(name: str, providers, args, device: torch.device, meta: dict)
         if r.get("skipped"):
             continue
         mine = runs[r["provider"]]
-        for other in ("scipy_rk45", "torchdiffeq", "torchode", "k_diffusion"):
+        for other in ("scipy_rk45", "torchdiffeq", "torchode", "k_diffusion", "flow_matching"):
             key = f"overhead_lower_than_{other}"
             if other not in runs:
                 r[key] = r[key + "_rounds"] = None
@@ -644,9 +688,16 @@ def evaluate_goals(rows: list[dict]) -> list[dict]:
         status = "N/A" if ok is None else ("PASS" if ok else "FAIL")
         goals.append({"scope": scope, "goal": text, "status": status, "value": value, "detail": detail})
 
-    for wl in ("analytic", "pfgm"):
+    pairs = {"analytic": (("scipy_rk45", GOAL_OVH_VS_SCIPY), ("torchdiffeq", GOAL_OVH_VS_TORCHDIFFEQ)),
+             "pfgm": (("scipy_rk45", GOAL_OVH_VS_SCIPY), ("torchdiffeq", GOAL_OVH_VS_TORCHDIFFEQ)),
+             "edm_heun": (("k_diffusion", GOAL_OVH_VS_SAMPLER_PEERS),),
+             "edm_dpmpp_2m": (("k_diffusion", GOAL_OVH_VS_SAMPLER_PEERS),),
+             "flow_euler": (("flow_matching", GOAL_OVH_VS_SAMPLER_PEERS),)}
+    for wl, others in pairs.items():
+        if wl not in ("analytic", "pfgm") and not any(r.get("workload") == wl for r in rows):
+            continue  # the sampler workloads' goals only where they ran
         ff = _row(rows, wl, "fastflow")
-        for other, thr in (("scipy_rk45", GOAL_OVH_VS_SCIPY), ("torchdiffeq", GOAL_OVH_VS_TORCHDIFFEQ)):
+        for other, thr in others:
             text = f"fastflow: >= {thr:g}x lower overhead per evaluation than {other}"
             o = _row(rows, wl, other)
             if ff is None or o is None:
@@ -698,6 +749,7 @@ COLUMNS = [
     ("scipy/this", lambda r: _ratio(r, "overhead_lower_than_scipy_rk45")),
     ("tdq/this", lambda r: _ratio(r, "overhead_lower_than_torchdiffeq")),
     ("kdiff/this", lambda r: _ratio(r, "overhead_lower_than_k_diffusion")),
+    ("fm/this", lambda r: _ratio(r, "overhead_lower_than_flow_matching")),
     ("evals/tdq", lambda r: _ratio(r, "sample_evals_vs_torchdiffeq")),
     ("quality med (max)", lambda r: f"{r['quality_kind']} {C.fmt_num(r.get('q_median'), '.3g')} "
      f"({C.fmt_num(r.get('q_max'), '.3g')})" if r.get("quality_kind") else "-"),
@@ -735,7 +787,7 @@ def main(argv=None) -> int:
     device = C.start_run(args)
 
     peers = {}
-    for mod in ("scipy", "torchdiffeq", "torchode", "sklearn"):
+    for mod in ("scipy", "torchdiffeq", "torchode", "sklearn", "flow_matching"):
         peers[mod] = None
         with contextlib.suppress(Exception):
             peers[mod] = getattr(__import__(mod), "__version__", "?")

@@ -372,9 +372,24 @@ def flow_sample(velocity: Callable, x_init: torch.Tensor, *, t_start: float = 1.
     grid = _flow_grid(time_grid, shift)
     if multistep:
         return _dpmpp_2m(velocity, x_init, grid, scheduler, model_kwargs, return_intermediates)
+    if fixed:  # one step per grid interval, in one integration; the states on the grid through the callback
+        states = []
+
+        def record(info: StepInfo):
+            states.append(info.x)
+            if callback is not None:
+                callback(info)
+
+        res = odeint(velocity, x_init, float(grid[0]), float(grid[-1]), method=method, steps=grid,
+                     max_steps=max_steps, callback=record if return_intermediates else callback, progress=progress,
+                     model_kwargs=model_kwargs)
+        out = _from_ode(res)
+        if return_intermediates:
+            out.intermediates = torch.stack([V.tensor("x_init", x_init).to(res.x.dtype), *states])
+        return out
     res = odeint(velocity, x_init, float(grid[0]), float(grid[-1]), method=method, rtol=rtol, atol=atol,
-                 steps=1 if fixed else None, max_steps=max_steps, callback=callback, progress=progress,
-                 model_kwargs=model_kwargs, t_eval=grid[1:-1] if len(grid) > 2 else None)
+                 max_steps=max_steps, callback=callback, progress=progress, model_kwargs=model_kwargs,
+                 t_eval=grid[1:-1] if len(grid) > 2 else None)
     out = _from_ode(res)
     if return_intermediates:
         inner = [] if res.x_eval is None else list(res.x_eval)

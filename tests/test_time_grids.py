@@ -142,3 +142,19 @@ def test_flow_dpmpp_2m_to_the_data_end():
     assert res.intermediates.shape == (6, 8, 4)
     with pytest.raises(ValueError, match="scheduler is for method='dpmpp_2m'"):
         fastflow.flow_sample(lambda x, t: x, torch.zeros(2, 2), scheduler=fastflow.schedulers.Cosine())
+
+
+def test_odeint_steps_as_a_grid():
+    # a fixed-step method on a given grid: one step per interval, exactly the hand-written loop
+    grid = torch.tensor([1.0, 0.7, 0.45, 0.2, 0.05, 0.0], dtype=F64)
+    x0 = torch.randn(3, 2, dtype=F64)
+    res = fastflow.odeint(lambda x, t: -x * (1 + t[:, None]), x0, 1.0, 0.0, method="euler", steps=grid)
+    x = x0.clone()
+    for a, b in zip(grid[:-1], grid[1:]):
+        x = x + (b - a) * (-x * (1 + a))
+    torch.testing.assert_close(res.x, x, rtol=1e-14, atol=1e-15)
+    assert bool((res.nfe == 5).all()) and bool((res.t == 0).all()) and bool(res.success.all())
+    with pytest.raises(ValueError, match="t0 must be the grid's first time"):
+        fastflow.odeint(lambda x, t: x, x0, 0.9, 0.0, method="euler", steps=grid)
+    with pytest.raises(ValueError, match="strictly monotone"):
+        fastflow.odeint(lambda x, t: x, x0, 1.0, 0.0, method="euler", steps=[1.0, 0.2, 0.5, 0.0])

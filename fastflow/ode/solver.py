@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -63,7 +63,8 @@ def _times(name: str, v, B: int, *, dtype: torch.dtype, device: torch.device) ->
 
 @nvtx.annotate("fastflow.odeint")
 def odeint(f: Callable[..., torch.Tensor], x0: torch.Tensor, t0: float | torch.Tensor, t1: float | torch.Tensor, *,
-           method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
+           method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
+           steps: int | torch.Tensor | Sequence[float] | None = None,
            max_steps: int = 10_000, callback: Callable[[StepInfo], object] | None = None, progress: bool = False,
            h0: float | torch.Tensor | None = None, dtype_t: torch.dtype | None = None,
            with_index: bool = False, model_kwargs: dict | None = None,
@@ -86,7 +87,10 @@ def odeint(f: Callable[..., torch.Tensor], x0: torch.Tensor, t0: float | torch.T
         method: ``"dopri5"`` (adaptive), or ``"euler"``, ``"heun"``, ``"rk4"`` (fixed steps; see :data:`METHODS`).
         rtol, atol: tolerances of dopri5: a step is accepted when the RMS over d of
             err / (atol + rtol max(|x|, |x_new|)) is <= 1, for each sample on its own.
-        steps: number of equal steps (t1 - t0) / steps of the fixed-step methods (required there, refused by dopri5).
+        steps: the fixed-step methods' steps (required there, refused by dopri5): a number of equal steps
+            (t1 - t0) / steps, or a 1-D grid of G >= 2 times (a tensor or a sequence), strictly monotone from
+            grid[0] = t0 to grid[-1] = t1 (t0 and t1 then floats or 0-d), stepped on exactly: one step per interval,
+            the same for every sample (diffusers' schedulers, flow_matching's time_grid).
         max_steps: the most attempted steps (accepted + rejected) per sample; samples still integrating then stop
             where they are with ``success`` False (no exception).
         callback: ``callback(info)`` after each iteration in which some step was accepted; ``info`` is a
@@ -162,7 +166,10 @@ def odeint(f: Callable[..., torch.Tensor], x0: torch.Tensor, t0: float | torch.T
     else:
         if steps is None:
             raise ValueError(f"steps is required for the fixed-step method {method!r} (the number of equal steps)")
-        steps = V.count("steps", steps, minimum=1)
+        if isinstance(steps, (torch.Tensor, list, tuple)):
+            steps = _step_grid(steps, t0, t1, dtype_t or torch.float64, x0.device)
+        else:
+            steps = V.count("steps", steps, minimum=1)
         if h0 is not None:
             raise ValueError(f"h0 is for the adaptive method dopri5; method={method!r} takes (t1 - t0) / steps")
     if callback is not None and not callable(callback):
@@ -209,6 +216,24 @@ def odeint(f: Callable[..., torch.Tensor], x0: torch.Tensor, t0: float | torch.T
             bar.close()
     return ODEResult(x=x.reshape(B, *shape).to(io_dtype), t=t, nfe=nfe, success=success, n_accepted=n_acc,
                      n_rejected=n_rej)
+
+
+def _step_grid(grid, t0, t1, dtype, device) -> torch.Tensor:
+    """A checked (G,) grid of step times: 1-D, G >= 2, finite, strictly monotone, from t0 to t1."""
+    g = torch.as_tensor(grid, dtype=dtype).detach().to(device)
+    if g.dim() != 1 or g.numel() < 2:
+        raise ValueError(f"steps as a grid must be 1-D with at least 2 times, got shape {tuple(g.shape)}")
+    if not V.all_finite(g):
+        raise ValueError("the steps grid contains NaN or inf")
+    dg = g[1:] - g[:-1]
+    if not (bool((dg > 0).all()) or bool((dg < 0).all())):
+        raise ValueError("the steps grid must be strictly monotone")
+    for name, v, end in (("t0", t0, g[0]), ("t1", t1, g[-1])):
+        vv = torch.as_tensor(v, dtype=dtype)
+        if vv.numel() != 1 or float(vv) != float(end):
+            raise ValueError(f"with a steps grid, {name} must be the grid's {'first' if name == 't0' else 'last'} "
+                             f"time {float(end)} (one value for every sample), got {v!r:.40}")
+    return g
 
 
 def _odeint_at(f, x0, t0, t1, t_eval, *, dtype_t, h0, **kw) -> ODEResult:
