@@ -7,6 +7,7 @@ and the same Heun sampler in sigma. fastflow supplies
 - the target: the posterior mean over a reference batch, which has much less variance than the clean x0
   (the stable target field, Xu et al. 2023)                   ``fastflow.pfgmpp_target`` / ``fastflow.stf_target``
 - the prior (a multivariate Student-t for finite D)           ``fastflow.Poisson(D).prior``
+- the preconditioning and loss weight                         ``fastflow.EDMPrecond``
 - the sampler                                                 ``fastflow.edm_sample``
 
     python examples/edm_pfgmpp_train.py --D 128        # PFGM++
@@ -18,7 +19,7 @@ import math
 import torch
 
 import fastflow
-from fastflow.apps.demo import EDMDenoiser, load_digits, sliced_wasserstein
+from fastflow.apps.demo import MLP, load_digits, sliced_wasserstein
 
 
 def main(argv=None):
@@ -36,7 +37,7 @@ def main(argv=None):
     family = fastflow.Gaussian() if D is None else fastflow.Poisson(D)
     radius = (lambda s: s) if D is None else (lambda s: s * math.sqrt(D))   # the family's time for sigma
     sigma_data = float(train.std())
-    model = EDMDenoiser(train.shape[1], 256, sigma_data).to(args.device)
+    model = fastflow.EDMPrecond(MLP(train.shape[1], train.shape[1], 256), sigma_data, D=D).to(args.device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     for it in range(args.iters):
@@ -46,7 +47,7 @@ def main(argv=None):
         x = family.perturb(x0, radius(sigma))
         with torch.no_grad():
             target = fastflow.stf_target(x, sigma, ref) if D is None else fastflow.pfgmpp_target(x, sigma, ref, D=D)
-        weight = (sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data) ** 2
+        weight = model.loss_weight(sigma)                      # EDM's, fastflow.edm_loss_weight
         loss = (weight[:, None] * (model(x, sigma) - target).square()).mean()
         opt.zero_grad()
         loss.backward()

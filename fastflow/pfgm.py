@@ -6,13 +6,16 @@
 - :func:`prior`: the prior on the plane z = z_max, exact by default, or clipped as the official code does.
 - :func:`hyperparameters`: the official M, z_max and upper_norm for a dataset.
 - :func:`sample`: the backward ODE dx/dz = v_x / v_z from z_max to z_min in log z, on the device with per-sample
-  steps (the official sampler runs scipy's RK45 on the CPU in float64, copying the state at every evaluation).
+  steps (the official sampler runs scipy's RK45 on the CPU in float64, copying the state at every evaluation), or
+  the official fixed-grid forward Euler and improved Euler.
+- :data:`configs`: the official CIFAR-10, CelebA 64 and LSUN bedroom 256 settings.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -230,44 +233,146 @@ def _split_field(out, B: int, shape: tuple, d: int):
     return out[:, :d], out[:, d]
 
 
+#: The methods of :func:`sample`: odeint's (dopri5 adaptive; heun and rk4 on equal steps in log z), and the official
+#: fixed-grid samplers of github.com/Newbeeer/Poisson_flow (sampling.py, ``get_ode_sampler``): "euler" (official
+#: ``forward_euler``, also accepted under that name) and "improved_euler".
+METHODS = ("dopri5", "euler", "forward_euler", "improved_euler", "heun", "rk4")
+_OFFICIAL_GRID = ("euler", "forward_euler", "improved_euler")
+#: The denominators of dx/dz = v_x / v_z: "clamp" (fastflow: v_z clamped to at most ``vz_max``) or "official"
+#: (the official v_z + 1e-5, unclamped).
+DENOMINATORS = ("clamp", "official")
+OFFICIAL_VZ_SHIFT = 1e-5
+
+
+def _inverse_scaler(inverse_scaler):
+    """``inverse_scaler`` as a callable or None: True is the official centred-data inverse (x + 1) / 2."""
+    if inverse_scaler is False or inverse_scaler is None:
+        return None
+    if inverse_scaler is True:
+        return lambda x: (x + 1.0) / 2.0  # official datasets.get_data_inverse_scaler with data.centered
+    if callable(inverse_scaler):
+        return inverse_scaler
+    raise TypeError("inverse_scaler must be a bool (True: the official (x + 1) / 2 of centred data) or a callable "
+                    f"x -> x, got {type(inverse_scaler).__name__}")
+
+
+def _official_grid(net_fn, x_init, log_zmax, log_zmin, N, improved, drift, callback, progress, model_kwargs):
+    """The official fixed-grid loop (``get_ode_sampler`` with ``ForwardEulerPredictor`` / ``ImprovedEulerPredictor``),
+    each sample on its own grid t_k = log z_max + (k / N) (log z_min - log z_max), k = 0..N, with the constant step
+    dt = -(log z_max - log z_min) / N. Improved Euler is Heun's step on every interval but the last, which is a
+    forward Euler step: 2N - 1 evaluations. Every row stays active; model_kwargs go through unsliced."""
+    from ._core.progress import bar as progress_bar
+
+    B, shape = x_init.shape[0], tuple(x_init.shape[1:])
+    io = x_init.dtype
+    sdt = io if io in (torch.float32, torch.float64) else torch.float32
+    k = torch.arange(N + 1, dtype=torch.float64, device=x_init.device)
+    grid = log_zmax[None, :] + (k / N)[:, None] * (log_zmin - log_zmax)[None, :]  # (N + 1, B)
+    grid[N] = log_zmin
+    dt = ((log_zmin - log_zmax) / N).to(sdt).reshape(B, *([1] * len(shape)))  # (B, 1, ...)
+    nfe = torch.zeros(B, dtype=torch.long, device=x_init.device)
+    index = torch.arange(B, device=x_init.device)
+
+    def f(x, t):
+        nfe.add_(1)
+        return drift(x.to(io), torch.exp(t).to(io), model_kwargs).to(sdt)
+
+    x = x_init.detach().to(sdt, copy=True)
+    bar = progress_bar(progress, N, "pfgm.sample[" + ("improved_euler" if improved else "euler") + "]", unit="step")
+    try:
+        with torch.no_grad():
+            for i in range(N):
+                d0 = f(x, grid[i])
+                x_new = x + d0 * dt
+                if improved and i < N - 1:
+                    d1 = f(x_new, grid[i + 1])
+                    x = x + (0.5 * d0 + 0.5 * d1) * dt
+                else:
+                    x = x_new
+                if callback is not None:
+                    callback(StepInfo(step=i + 1, index=index, t=grid[i + 1].clone(), x=x.to(io),
+                                      h=dt.reshape(B).to(torch.float64), nfe=nfe.clone(), n_active=B))
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not V.all_finite(x):
+        raise FloatingPointError("pfgm.sample: the state became NaN or inf on the fixed grid (net_fn returned NaN "
+                                 "or inf, or dx/dz blew up: v_z + 1e-5 near 0 with denominator='official')")
+    return x.to(io), nfe
+
+
 @nvtx.annotate("fastflow.pfgm.sample")
-def sample(net_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | tuple[torch.Tensor, torch.Tensor]],
+def sample(net_fn: Callable[..., torch.Tensor | tuple[torch.Tensor, torch.Tensor]],
            x_init: torch.Tensor, *, z_max: Time, z_min: float = 1e-3, method: str = "dopri5", rtol: float = 1e-4,
            atol: float = 1e-4, steps: int | None = None, z_exp: float | None = None, gamma: float = 5.0,
-           vz_max: float = -1e-5, max_steps: int = 10_000, callback: Callable[[StepInfo], object] | None = None,
-           progress: bool = False, model_kwargs: dict | None = None) -> SampleResult:
+           vz_max: float = -1e-5, denominator: str = "clamp", max_steps: int = 10_000,
+           callback: Callable[[StepInfo], object] | None = None, progress: bool = False,
+           model_kwargs: dict | None = None,
+           inverse_scaler: bool | Callable[[torch.Tensor], torch.Tensor] = False) -> SampleResult:
     """PFGM's sampler: dx/dz = v_x / v_z backward from z_max to z_min, in t' = log z (docs/math.md).
 
-    dx/dt' = z v_x / v_z, solved by :func:`fastflow.odeint` with each sample on its own clock and step size (the
-    official code solves one shared ODE with scipy's RK45, z the batch mean, on the CPU).
+    dx/dt' = z v_x / v_z. The methods:
+
+    - ``"dopri5"`` (default): :func:`fastflow.odeint`'s adaptive Dormand-Prince, each sample on its own clock and
+      step size (the official ``get_rk45_sampler_pfgm`` solves one shared ODE with scipy's RK45, z the batch mean,
+      on the CPU; rtol = atol = 1e-4 as there).
+    - ``"euler"`` (or its official name ``"forward_euler"``): the official forward Euler (``get_ode_sampler`` with
+      ``ForwardEulerPredictor``): ``steps`` = N steps of dt = -(log z_max - log z_min) / N on the grid
+      t_k = linspace(log z_max, log z_min, N + 1), N evaluations.
+    - ``"improved_euler"``: the official improved Euler (``ImprovedEulerPredictor``) on the same grid: Heun's
+      step (the mean of the slopes at t_k and t_(k+1)) on every interval but the last, which is a forward Euler
+      step, so 2N - 1 evaluations (the official count).
+    - ``"heun"``, ``"rk4"``: odeint's fixed steps, equal in log z: Heun on every interval, 2N evaluations (unlike
+      ``"improved_euler"``); rk4, 4N.
 
     v_z of a sound field is negative (it points down towards the data plane z = 0). The official denominator
-    v_z + 1e-5 blows up when a network predicts v_z near -1e-5 and flips the direction for v_z > -1e-5; here
-    v_z is clamped to at most ``vz_max`` (-1e-5) instead, so the step dz/dt' never changes sign or explodes.
+    v_z + 1e-5 blows up when a network predicts v_z near -1e-5 and flips the direction for v_z > -1e-5; by default
+    (``denominator="clamp"``) v_z is clamped to at most ``vz_max`` (-1e-5) instead, so that the step dz/dt' never
+    changes sign or explodes. ``denominator="official"`` divides by v_z + 1e-5 as the official code does (with
+    ``"euler"`` / ``"improved_euler"``, the official samplers to rounding).
 
-    With ``z_exp``, for z < z_exp v_z is replaced by PFGM's substitution (Appendix B.2.3):
-    v_z = -sqrt(d) z / (sqrt((gamma n / (1 - n))^2 + z^2) + gamma), n = ||v_x|| / sqrt(d) (n kept below 1).
+    With ``z_exp`` and gamma > 0 (the official rule: no substitution at gamma = 0), for z < z_exp v_z is replaced
+    by PFGM's substitution (Appendix B.2.3): v_z = -sqrt(d) z / (sqrt((gamma n / (1 - n))^2 + z^2) + gamma),
+    n = ||v_x|| / sqrt(d) (n kept below 1 - 1e-6).
 
     Args:
-        net_fn: ``net_fn(x, z)`` with x (n, *shape), z (n,) in x's dtype, returning the normalised field: a
-            (n, d+1) tensor (z part last, as :func:`target`) or a tuple (v_x (n, *shape), v_z (n,)).
+        net_fn: ``net_fn(x, z, **model_kwargs)`` with x (n, *shape), z (n,) in x's dtype, returning the normalised
+            field: a (n, d+1) tensor (z part last, as :func:`target`) or a tuple (v_x (n, *shape), v_z (n,)).
         x_init: (B, *shape) points on the plane z = z_max (:func:`prior`).
         z_max: float or (B,) tensor, the start height.  z_min: the end height (official 1e-3), 0 < z_min < z_max.
-        method, rtol, atol, steps, max_steps, callback, progress: as :func:`fastflow.odeint` (official: RK45 with
-            rtol = atol = 1e-4, hence dopri5 and 1e-4 by default).
-        z_exp: None (default: off), or the height below which v_z is substituted.
-        gamma: the target's gamma (official 5), used by the substitution.
-        vz_max: the clamp of v_z (a negative number).
-        model_kwargs: per-sample inputs of the network, ``net_fn(x, z, **model_kwargs)`` (class labels, ...):
-            tensors of one or more dimensions (first dimension B) follow the samples still integrating.
+        method: one of :data:`METHODS` (above).
+        rtol, atol, max_steps: dopri5's, as :func:`fastflow.odeint` (official: RK45 with rtol = atol = 1e-4).
+        steps: the number of steps N of the fixed-step methods (the official ``sampling.N``, 100 in the released
+            configs), an int >= 1; required there, refused by dopri5.
+        z_exp: None (default: off), or the height below which v_z is substituted (official 5, 1 and 0.1 for
+            CIFAR-10, CelebA 64 and LSUN bedroom 256: :data:`configs`).
+        gamma: the target's gamma (official 5), used by the substitution; 0 turns it off.
+        vz_max: the clamp of v_z with ``denominator="clamp"`` (a negative number).
+        denominator: "clamp" (default) or "official" (v_z + 1e-5).
+        callback, progress: as :func:`fastflow.odeint` (on the official grid: after every step, all B rows).
+        model_kwargs: per-sample inputs of the network (class labels, ...): tensors of one or more dimensions
+            (first dimension B) follow the samples still integrating under odeint's methods; on the official grid
+            every row is active at every step and they are passed as given.
+        inverse_scaler: False (default), True for the official inverse of centred data, x -> (x + 1) / 2 (the
+            official output when ``data.centered``), or a callable applied to the samples.
 
     Returns:
         :class:`fastflow.samplers.SampleResult`: x (B, *shape), nfe (B,), success (B,), t (B,) = log z reached.
+
+    Raises:
+        ValueError / TypeError: an unknown method or denominator, steps < 1 (or missing for a fixed-step method,
+            or given to dopri5), z_max <= z_min, a bad vz_max, z_exp or gamma, a wrong output of net_fn.
+        FloatingPointError: the state turned NaN or inf.
     """
     from .ode import odeint
+    from .ode.loop import check_kwargs
 
     if not callable(net_fn):
         raise TypeError(f"net_fn must be callable as net_fn(x, z), got {type(net_fn).__name__}")
+    V.choice("method", method, METHODS)
+    V.choice("denominator", denominator, DENOMINATORS)
     x_init = V.tensor("x_init", x_init)
     B, shape = x_init.shape[0], tuple(x_init.shape[1:])
     d = math.prod(shape)
@@ -280,22 +385,208 @@ def sample(net_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | tuple[t
     gamma = V.number("gamma", gamma, strict=False)
     if isinstance(vz_max, bool) or not isinstance(vz_max, numbers.Real) or not (math.isfinite(vz_max) and vz_max < 0):
         raise ValueError(f"vz_max must be a finite negative number (v_z is clamped to at most it), got {vz_max!r}")
+    scaler = _inverse_scaler(inverse_scaler)
+    official_grid = method in _OFFICIAL_GRID
+    if official_grid:
+        if steps is None:
+            raise ValueError(f"steps (the official sampling.N) is required for method={method!r}")
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
+            raise TypeError(f"steps (the official sampling.N) must be an int, got {type(steps).__name__}")
+        if steps < 1:
+            raise ValueError(f"steps (the official sampling.N) must be >= 1, got {steps}")
     sqrt_d = math.sqrt(d)
+    substitute = z_exp is not None and gamma > 0  # the official rule: `if z < z_exp and gamma > 0`
 
-    def f(x, t, **kw):  # t = log z, (n,) in x's dtype
-        z = torch.exp(t)
+    def drift(x, z, kw):  # dx/dt' = z v_x / v_z at (x (n, *shape), z (n,)), both in x's dtype
         vx, vz = _split_field(net_fn(x, z, **kw), x.shape[0], shape, d)
         vx, vz = vx.to(x.dtype), vz.to(x.dtype)
-        if z_exp is not None:
+        if substitute:
             n = (torch.linalg.vector_norm(vx, dim=1) / sqrt_d).clamp(max=1 - 1e-6)
             sub = -sqrt_d * z / (torch.sqrt((gamma * n / (1 - n)) ** 2 + z * z) + gamma)
             vz = torch.where(z < z_exp, sub, vz)
-        vz = vz.clamp(max=vz_max)
+        vz = vz + OFFICIAL_VZ_SHIFT if denominator == "official" else vz.clamp(max=vz_max)
         return (vx * (z / vz)[:, None]).reshape(x.shape)
 
-    res = odeint(f, x_init, torch.log(zmax), math.log(z_min), method=method, rtol=rtol, atol=atol, steps=steps,
-                 max_steps=max_steps, callback=callback, progress=progress, model_kwargs=model_kwargs)
-    return SampleResult(x=res.x, nfe=res.nfe, success=res.success, t=res.t)
+    if official_grid:
+        if d == 0:
+            raise ValueError(f"x_init must have at least one element per sample, got shape {tuple(x_init.shape)}")
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable or None, got {type(callback).__name__}")
+        V.flag("progress", progress)
+        kw = check_kwargs("model_kwargs", model_kwargs, B, x_init.device)
+        log_zmin = torch.full((B,), math.log(z_min), dtype=torch.float64, device=x_init.device)
+        x, nfe = _official_grid(net_fn, x_init, torch.log(zmax), log_zmin, int(steps), method == "improved_euler",
+                                drift, callback, progress, kw)
+        res = SampleResult(x=x, nfe=nfe, success=torch.ones(B, dtype=torch.bool, device=x_init.device),
+                           t=log_zmin)
+    else:
+        def f(x, t, **kw):  # t = log z, (n,) in x's dtype
+            return drift(x, torch.exp(t), kw)
+
+        out = odeint(f, x_init, torch.log(zmax), math.log(z_min), method=method, rtol=rtol, atol=atol, steps=steps,
+                     max_steps=max_steps, callback=callback, progress=progress, model_kwargs=model_kwargs)
+        res = SampleResult(x=out.x, nfe=out.nfe, success=out.success, t=out.t)
+    if scaler is not None:
+        res = SampleResult(x=scaler(res.x), nfe=res.nfe, success=res.success, t=res.t)
+    return res
 
 
-__all__ = ["perturb", "target", "prior", "hyperparameters", "sample"]
+# ---------------------------------------------------------------------------------------------------------------
+# the official settings
+
+@dataclasses.dataclass(frozen=True)
+class PFGMConfig:
+    """One official PFGM setting (github.com/Newbeeer/Poisson_flow, ``configs/``), as fastflow's arguments.
+
+    Attributes:
+        name: the preset's key in :data:`configs`.  shape: (C, H, W) of the data (``data.num_channels``,
+            ``data.image_size``).  centered: the data are scaled to [-1, 1] (``data.centered``): the samples go back
+            to [0, 1] through the official inverse scaler.
+        M, tau, sigma_end, restrict_M: the perturbation (``training.M``, ``training.tau``, ``model.sigma_end``,
+            ``training.restrict_M``): :func:`perturb`.  gamma: the target's (``training.gamma``): :func:`target`.
+        batch_size, small_batch_size: the reference batch R and the perturbed batch B of the target
+            (``training.batch_size``, ``training.small_batch_size``).
+        z_max, upper_norm: the prior's plane and radius clip (``sampling.z_max``, ``sampling.upper_norm``):
+            :func:`prior`.  z_min: the sampler's end height (``sampling.z_min``, the official ``eps``).
+        z_exp: the height below which v_z is substituted (``sampling.z_exp``).  N: the steps of the fixed-grid
+            samplers (``sampling.N``).  sampler: the official ``sampling.ode_solver`` ("rk45", "forward_euler" or
+            "improved_euler").
+    """
+
+    name: str
+    shape: tuple[int, int, int]
+    centered: bool
+    M: int
+    tau: float
+    sigma_end: float
+    restrict_M: bool
+    gamma: float
+    batch_size: int
+    small_batch_size: int
+    z_max: float
+    z_min: float
+    upper_norm: float
+    z_exp: float
+    N: int
+    sampler: str
+
+    def perturb_kwargs(self) -> dict:
+        """{M, tau, sigma_end, restrict_M} for :func:`perturb`."""
+        return {"M": self.M, "tau": self.tau, "sigma_end": self.sigma_end, "restrict_M": self.restrict_M}
+
+    def prior_kwargs(self) -> dict:
+        """{z_max, upper_norm} for :func:`prior` (the official clipped prior)."""
+        return {"z_max": self.z_max, "upper_norm": self.upper_norm}
+
+    def sample_kwargs(self, method: str | None = None) -> dict:
+        """Keyword arguments of :func:`sample` for this setting: z_max, z_min, z_exp, gamma, the method (the
+        official ``sampler`` unless ``method`` is given; rk45 maps to dopri5 with rtol = atol = 1e-4, the fixed
+        grids take ``steps`` = N), and ``inverse_scaler`` = ``centered``."""
+        m = _SAMPLERS[self.sampler] if method is None else V.choice("method", method, METHODS)
+        kw = {"z_max": self.z_max, "z_min": self.z_min, "z_exp": self.z_exp, "gamma": self.gamma, "method": m,
+              "inverse_scaler": self.centered}
+        if m == "dopri5":
+            kw.update(rtol=1e-4, atol=1e-4)  # official get_rk45_sampler_pfgm defaults
+        else:
+            kw["steps"] = self.N
+        return kw
+
+
+_SAMPLERS = {"rk45": "dopri5", "forward_euler": "euler", "improved_euler": "improved_euler"}
+
+
+class UnknownConfigError(KeyError, ValueError):
+    """A name that is not a key of :data:`configs` (a KeyError for the mapping, a ValueError like fastflow's
+    other bad input)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class _Configs(Mapping):
+    """The official presets by name; an unknown name raises :class:`UnknownConfigError` naming the known ones."""
+
+    def __init__(self, presets: dict):
+        self._presets = presets
+
+    def __getitem__(self, name: str) -> PFGMConfig:
+        try:
+            return self._presets[name]
+        except (KeyError, TypeError):
+            raise UnknownConfigError(f"no PFGM config named {name!r}; the official ones are "
+                                     f"{sorted(self._presets)}") from None
+
+    def __iter__(self):
+        return iter(self._presets)
+
+    def __len__(self) -> int:
+        return len(self._presets)
+
+    def __repr__(self) -> str:
+        return f"pfgm.configs({sorted(self._presets)})"
+
+
+#: The official settings of the released checkpoints, read from github.com/Newbeeer/Poisson_flow (commit 6706418 of
+#: configs/poisson/*.py, with the defaults each imports); ``configs["cifar10"]`` etc. Other stored revisions of the
+#: same files differ (e.g. CIFAR-10 z_max = 50, upper_norm = 4000; LSUN z_max = 50, upper_norm = 20000); these are
+#: the ones of the published checkpoints' configs (z_max = 40 and upper_norm = 3000 for CIFAR-10, as in the paper).
+configs: Mapping[str, PFGMConfig] = _Configs({
+    "cifar10": PFGMConfig(
+        name="cifar10",
+        shape=(3, 32, 32),       # configs/default_cifar10_configs.py: data.num_channels = 3, data.image_size = 32
+        centered=True,           # configs/poisson/cifar10_ddpmpp.py: data.centered = True
+        M=291,                   # configs/default_cifar10_configs.py: training.M = 291
+        tau=0.03,                # configs/poisson/cifar10_ddpmpp.py: training.tau = 0.03
+        sigma_end=0.01,          # configs/poisson/cifar10_ddpmpp.py: model.sigma_end = 0.01
+        restrict_M=True,         # configs/poisson/cifar10_ddpmpp.py: training.restrict_M = True
+        gamma=5.0,               # configs/poisson/cifar10_ddpmpp.py: training.gamma = 5
+        batch_size=4096,         # configs/poisson/cifar10_ddpmpp.py: training.batch_size = 4096
+        small_batch_size=128,    # configs/poisson/cifar10_ddpmpp.py: training.small_batch_size = 128
+        z_max=40.0,              # configs/poisson/cifar10_ddpmpp.py: sampling.z_max = 40
+        z_min=1e-3,              # configs/poisson/cifar10_ddpmpp.py: sampling.z_min = 1e-3
+        upper_norm=3000.0,       # configs/poisson/cifar10_ddpmpp.py: sampling.upper_norm = 3000
+        z_exp=5.0,               # configs/default_cifar10_configs.py: sampling.z_exp = 5
+        N=100,                   # configs/poisson/cifar10_ddpmpp.py: sampling.N = 100
+        sampler="rk45",          # configs/poisson/cifar10_ddpmpp.py: sampling.ode_solver = 'rk45'
+    ),
+    "celeba64": PFGMConfig(
+        name="celeba64",
+        shape=(3, 64, 64),       # configs/default_celeba_configs.py: data.num_channels = 3, data.image_size = 64
+        centered=True,           # configs/poisson/celeba64_ddpmpp.py: data.centered = True
+        M=291,                   # configs/default_celeba_configs.py: training.M = 291
+        tau=0.03,                # configs/poisson/celeba64_ddpmpp.py: training.tau = 0.03
+        sigma_end=0.01,          # configs/poisson/celeba64_ddpmpp.py: model.sigma_end = 0.01
+        restrict_M=True,         # configs/poisson/celeba64_ddpmpp.py: training.restrict_M = True
+        gamma=5.0,               # configs/poisson/celeba64_ddpmpp.py: training.gamma = 5
+        batch_size=512,          # configs/poisson/celeba64_ddpmpp.py: training.batch_size = 512
+        small_batch_size=128,    # configs/poisson/celeba64_ddpmpp.py: training.small_batch_size = 128
+        z_max=60.0,              # configs/poisson/celeba64_ddpmpp.py: sampling.z_max = 60
+        z_min=1e-3,              # configs/poisson/celeba64_ddpmpp.py: sampling.z_min = 1e-3
+        upper_norm=6000.0,       # configs/poisson/celeba64_ddpmpp.py: sampling.upper_norm = 6000
+        z_exp=1.0,               # configs/default_celeba_configs.py: sampling.z_exp = 1
+        N=100,                   # configs/poisson/celeba64_ddpmpp.py: sampling.N = 100
+        sampler="rk45",          # configs/poisson/celeba64_ddpmpp.py: sampling.ode_solver = 'rk45'
+    ),
+    "lsun_bedroom256": PFGMConfig(
+        name="lsun_bedroom256",
+        shape=(3, 256, 256),     # configs/default_lsun_configs.py: data.num_channels = 3, data.image_size = 256
+        centered=True,           # configs/poisson/bedroom_ddpmpp.py: data.centered = True
+        M=356,                   # configs/default_lsun_configs.py: training.M = 356
+        tau=0.03,                # configs/poisson/bedroom_ddpmpp.py: training.tau = 0.03
+        sigma_end=0.01,          # configs/poisson/bedroom_ddpmpp.py: model.sigma_end = 0.01
+        restrict_M=True,         # configs/poisson/bedroom_ddpmpp.py: training.restrict_M = True
+        gamma=5.0,               # configs/poisson/bedroom_ddpmpp.py: training.gamma = 5
+        batch_size=32,           # configs/poisson/bedroom_ddpmpp.py: training.batch_size = 32
+        small_batch_size=32,     # configs/poisson/bedroom_ddpmpp.py: training.small_batch_size = 32
+        z_max=100.0,             # configs/poisson/bedroom_ddpmpp.py: sampling.z_max = 100
+        z_min=1e-3,              # configs/poisson/bedroom_ddpmpp.py: sampling.z_min = 1e-3
+        upper_norm=30000.0,      # configs/poisson/bedroom_ddpmpp.py: sampling.upper_norm = 30000
+        z_exp=0.1,               # configs/default_lsun_configs.py: sampling.z_exp = 0.1
+        N=100,                   # configs/poisson/bedroom_ddpmpp.py: sampling.N = 100
+        sampler="rk45",          # configs/poisson/bedroom_ddpmpp.py: sampling.ode_solver = 'rk45'
+    ),
+})
+
+
+__all__ = ["perturb", "target", "prior", "hyperparameters", "sample", "configs", "PFGMConfig", "METHODS",
+           "UnknownConfigError"]

@@ -84,3 +84,158 @@ def pfgm_perturb_official(x0: torch.Tensor, M: float = 291, tau: float = 0.03, s
     perturbation_x = perturbation_x.view_as(samples_batch)
     perturbed_x = samples_batch + perturbation_x
     return perturbed_x, perturbed_z
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# PFGM's fixed-grid ODE samplers: github.com/Newbeeer/Poisson_flow, methods.py (Poisson.ode) and sampling.py
+# (ForwardEulerPredictor, ImprovedEulerPredictor, get_ode_sampler), ported with their structure. Changes that leave
+# the arithmetic alone: the config is passed as arguments, the prior draw is the caller's x (get_ode_sampler draws
+# it inside), tensors stay in x's dtype and device (the original casts to float32 and moves to CUDA), and
+# ``net_fn(x, z)`` returns the tuple (x_drift, z_drift) as the official model does.
+
+class _PoissonODEOfficial:
+    """methods.Poisson.ode, with the config fields it reads as attributes."""
+
+    def __init__(self, *, N, z_max, z_exp, gamma, shape):
+        self.N = N
+        self.z_max = z_max
+        self.z_exp = z_exp
+        self.gamma = gamma
+        self.shape = shape  # (C, H, W): config.data.num_channels, image_height, image_width
+
+    def ode(self, net_fn, x, t):
+        z = torch.exp(t.mean())  # official: np.exp(t.mean().cpu())
+        x_drift, z_drift = net_fn(x, torch.ones((len(x)), dtype=x.dtype, device=x.device) * z)
+        x_drift = x_drift.view(len(x_drift), -1)
+
+        # Substitute the predicted z with the ground-truth
+        # Please see Appendix B.2.3 in PFGM paper (https://arxiv.org/abs/2209.11178) for details
+        z_exp = self.z_exp
+        if z < z_exp and self.gamma > 0:
+            data_dim = int(np.prod(self.shape))
+            sqrt_dim = np.sqrt(data_dim)
+            norm_1 = x_drift.norm(p=2, dim=1) / sqrt_dim
+            x_norm = self.gamma * norm_1 / (1 - norm_1)
+            x_norm = torch.sqrt(x_norm ** 2 + z ** 2)
+            z_drift = -sqrt_dim * torch.ones_like(z_drift) * z / (x_norm + self.gamma)
+
+        # Predicted normalized Poisson field
+        v = torch.cat([x_drift, z_drift[:, None]], dim=1)
+
+        dt_dz = 1 / (v[:, -1] + 1e-5)
+        dx_dt = v[:, :-1].view(len(x), *self.shape)
+        dx_dz = dx_dt * dt_dz.view(-1, *([1] * len(x.size()[1:])))
+
+        # dx/dt_prime =  z * dx/dz
+        dx_dt_prime = z * dx_dz
+
+        return dx_dt_prime
+
+
+def _forward_euler_update(sde, net_fn, eps, x, t, t_list=None, idx=None):
+    """sampling.ForwardEulerPredictor.update_fn (the poisson branch)."""
+    dt = - (np.log(sde.z_max) - np.log(eps)) / sde.N
+    drift = sde.ode(net_fn, x, t)
+    x = x + drift * dt
+    return x
+
+
+def _improved_euler_update(sde, net_fn, eps, x, t, t_list=None, idx=None):
+    """sampling.ImprovedEulerPredictor.update_fn (the poisson branch)."""
+    dt = - (np.log(sde.z_max) - np.log(eps)) / sde.N
+    drift = sde.ode(net_fn, x, t)
+    x_new = x + drift * dt
+
+    if idx == sde.N - 1:
+        return x_new
+    else:
+        idx_new = idx + 1
+        t_new = t_list[idx_new]
+        t_new = torch.ones(len(t), dtype=t.dtype, device=t.device) * t_new
+
+        drift_new = sde.ode(net_fn, x_new, t_new)
+
+        x = x + (0.5 * drift + 0.5 * drift_new) * dt
+        return x
+
+
+def pfgm_ode_sampler_official(net_fn, x, *, z_max: float, eps: float = 1e-3, N: int = 100,
+                              ode_solver: str = "improved_euler", z_exp: float = 1.0, gamma: float = 5.0,
+                              inverse_scaler=None):
+    """PFGM's official fixed-grid sampler (``get_ode_sampler`` for ``config.training.sde == 'poisson'``), ported.
+
+    Args:
+        net_fn: ``net_fn(x, z) -> (x_drift (B, *shape), z_drift (B,))``, the normalised field.
+        x: (B, C, H, W) (or (B, *shape)) the prior draw on z = z_max.
+        z_max, eps, N, z_exp, gamma: config.sampling.z_max, the sampler's eps (= config.sampling.z_min),
+            config.sampling.N, config.sampling.z_exp and config.training.gamma.
+        ode_solver: "forward_euler" or "improved_euler" (config.sampling.ode_solver).
+        inverse_scaler: the official inverse data scaler (None: the identity).
+
+    Returns:
+        (samples, nfe): the official return value, nfe = 2N - 1 for improved Euler, else N.
+    """
+    update = {"forward_euler": _forward_euler_update, "improved_euler": _improved_euler_update}[ode_solver]
+    sde = _PoissonODEOfficial(N=N, z_max=z_max, z_exp=z_exp, gamma=gamma, shape=tuple(x.shape[1:]))
+    inverse_scaler = inverse_scaler or (lambda v: v)
+    shape = x.shape
+    with torch.no_grad():
+        timesteps = torch.linspace(np.log(z_max), np.log(eps), sde.N + 1, dtype=x.dtype, device=x.device)
+        for i in range(sde.N):
+            t = timesteps[i]
+            vec_t = torch.ones(shape[0], dtype=x.dtype, device=t.device) * t
+            x = update(sde, net_fn, eps, x, vec_t, t_list=timesteps, idx=i)
+        return inverse_scaler(x), 2 * sde.N - 1 if ode_solver == 'improved_euler' else sde.N
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# EDM's preconditioning: NVlabs/edm training/networks.py, EDMPrecond.forward; the official PFGM++ code
+# (github.com/Newbeeer/pfgmpp, training/networks.py, EDMPrecond.forward) has the same four formulas. Ported with
+# its structure; changes: ``model`` is the raw network F(x, c_noise, **kw), and the computation stays in x's dtype
+# when that is float64 (the original casts x and sigma to float32), so that float64 tests compare to rounding.
+
+def edm_precond_official(model, x, sigma, sigma_data: float = 0.5, class_labels=None, use_fp16: bool = False,
+                         force_fp32: bool = False, **model_kwargs):
+    """D_x of the official ``EDMPrecond.forward``: c_skip x + c_out F(c_in x, c_noise), with x (B, C, H, W) and
+    sigma (B,) or (B, 1, 1, 1)."""
+    fdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    x = x.to(fdt)
+    sigma = sigma.to(fdt).reshape(-1, *([1] * (x.dim() - 1)))
+    dtype = torch.float16 if (use_fp16 and not force_fp32 and x.device.type == 'cuda') else fdt
+
+    c_skip = sigma_data ** 2 / (sigma ** 2 + sigma_data ** 2)
+    c_out = sigma * sigma_data / (sigma ** 2 + sigma_data ** 2).sqrt()
+    c_in = 1 / (sigma_data ** 2 + sigma ** 2).sqrt()
+    c_noise = sigma.log() / 4
+
+    kw = dict(model_kwargs)
+    if class_labels is not None:
+        kw["class_labels"] = class_labels
+    F_x = model((c_in * x).to(dtype), c_noise.flatten(), **kw)
+    assert F_x.dtype == dtype
+    D_x = c_skip * x + c_out * F_x.to(fdt)
+    return D_x
+
+
+def pfgmpp_perturb_official(images, sigma, D: float, rng: np.random.Generator, generator=None):
+    """The official PFGM++ perturbation (training/loss.py, ``EDMLoss.__call__`` with ``pfgmpp``), ported: the
+    radius r sqrt(u / (1 - u)), u ~ Beta(N/2, D/2) clipped to [1e-3, 1 - 1e-3], r = sigma sqrt(D), in a uniform
+    direction. ``rng`` replaces the global ``np.random``, ``generator`` torch's; ``sigma`` is (B,). Returns y + n."""
+    N = images[0].numel()
+    r = sigma.double() * np.sqrt(D).astype(np.float64)
+    # Sampling form inverse-beta distribution
+    samples_norm = rng.beta(a=N / 2., b=D / 2., size=images.shape[0]).astype(np.double)
+    samples_norm = np.clip(samples_norm, 1e-3, 1 - 1e-3)
+    inverse_beta = samples_norm / (1 - samples_norm + 1e-8)
+    inverse_beta = torch.from_numpy(inverse_beta).to(images.device).double()
+    # Sampling from p_r(R) by change-of-variable
+    samples_norm = r * torch.sqrt(inverse_beta + 1e-8)
+    samples_norm = samples_norm.view(len(samples_norm), -1)
+    # Uniformly sample the angle direction
+    gaussian = torch.randn(images.shape[0], N, generator=generator).to(samples_norm.device)
+    unit_gaussian = gaussian / torch.norm(gaussian, p=2, dim=1, keepdim=True)
+    # Construct the perturbation for x
+    perturbation_x = unit_gaussian * samples_norm
+    perturbation_x = perturbation_x.to(images.dtype)
+    n = perturbation_x.view_as(images)
+    return images + n

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ...precond import EDMPrecond
+
 
 class MLP(nn.Module):
     """x (B, d) and a per-sample noise input c (B,) -> (B, out): Fourier features of c, then residual SiLU
@@ -26,19 +28,10 @@ class MLP(nn.Module):
         return self.out(h)
 
 
-class EDMDenoiser(nn.Module):
-    """Karras et al. (2022)'s preconditioning: D(x, sigma) = c_skip x + c_out F(c_in x, log(sigma) / 4). For
-    PFGM++ the same with sigma = r / sqrt(D) (the perturbation's per-coordinate scale)."""
+class EDMDenoiser(EDMPrecond):
+    """Karras et al. (2022)'s preconditioning (:class:`fastflow.EDMPrecond`) of the demo's MLP:
+    D(x, sigma) = c_skip x + c_out F(c_in x, log(sigma) / 4). For PFGM++ the same with sigma = r / sqrt(D) (the
+    perturbation's per-coordinate scale)."""
 
     def __init__(self, d: int, hidden: int, sigma_data: float):
-        super().__init__()
-        self.net = MLP(d, d, hidden)
-        self.sigma_data = sigma_data
-
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        sd = self.sigma_data
-        s = sigma.to(x.dtype)[:, None]
-        c_skip = sd * sd / (s * s + sd * sd)
-        c_out = s * sd / (s * s + sd * sd).sqrt()
-        c_in = 1 / (s * s + sd * sd).sqrt()
-        return c_skip * x + c_out * self.net(c_in * x, s[:, 0].log() / 4)
+        super().__init__(MLP(d, d, hidden), sigma_data)

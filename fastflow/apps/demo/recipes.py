@@ -50,8 +50,7 @@ class EDMRecipe(Recipe):
         x = self.family.perturb(x0, self._t(sigma), generator=gen)
         with torch.no_grad():
             target = (pfgmpp_target(x, sigma, ref, D=self.D) if self.D is not None else stf_target(x, sigma, ref))
-        sd = self.sigma_data
-        weight = (sigma * sigma + sd * sd) / (sigma * sd) ** 2
+        weight = self.model.loss_weight(sigma)  # EDM's, fastflow.edm_loss_weight
         return (weight[:, None] * (self.model(x, sigma) - target) ** 2).mean()
 
     @torch.no_grad()
