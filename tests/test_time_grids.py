@@ -158,3 +158,14 @@ def test_odeint_steps_as_a_grid():
         fastflow.odeint(lambda x, t: x, x0, 0.9, 0.0, method="euler", steps=grid)
     with pytest.raises(ValueError, match="strictly monotone"):
         fastflow.odeint(lambda x, t: x, x0, 1.0, 0.0, method="euler", steps=[1.0, 0.2, 0.5, 0.0])
+
+
+def test_fixed_steps_raise_on_nan_though_checked_every_few_steps():
+    # a NaN at step 5 of 50 carries forward to the check (no pass over x and no host sync between checks)
+    def f(x, t):
+        return torch.where(t[:, None] < 0.9, torch.full_like(x, float("nan")), -x)
+
+    with pytest.raises(FloatingPointError, match="NaN or inf"):
+        fastflow.odeint(f, torch.ones(3, 2, dtype=F64), 1.0, 0.0, method="euler", steps=50)
+    with pytest.raises(FloatingPointError, match="NaN or inf"):
+        fastflow.odeint(f, torch.ones(3, 2, dtype=F64), 1.0, 0.0, method="rk4", steps=7)

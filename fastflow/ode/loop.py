@@ -121,6 +121,10 @@ class RHS:
         return out.reshape(n, -1).to(self.state_dtype).contiguous()
 
 
+#: fixed-step methods check x for NaN / inf (one pass and one host sync) every this many steps and at the last
+FIXED_CHECK_EVERY = 32
+
+
 def integrate(meth: RungeKutta, rhs: RHS, x_full, t_full, t1_full, success, n_acc, n_rej, *, steps, h0, rtol,
                atol, max_steps, callback, bar):
     """Advance every sample with t != t1 until it lands on t1 (success), its step underflows, or max_steps steps.
@@ -172,6 +176,8 @@ def integrate(meth: RungeKutta, rhs: RHS, x_full, t_full, t1_full, success, n_ac
     else:
         grid = None
         h = (t1 - t) / steps
+    # fixed steps: how many (the same for every row), and so when the checks are due
+    n_fixed = None if meth.adaptive else (grid.numel() - 1 if grid is not None else int(steps))
 
     def rows(mask):
         return torch.from_numpy(np.flatnonzero(mask)).to(device)
@@ -189,6 +195,12 @@ def integrate(meth: RungeKutta, rhs: RHS, x_full, t_full, t1_full, success, n_ac
                 h_try, t_next, lands = _ctl.propose(t, h, t1)
         h_step = h_try.clone() if callback is not None else h_try  # the control overwrites h_try in place
         x_new, K = meth.step(rhs, x, t, h_try, t_next, k0)
+        if n_fixed is not None and it < n_fixed and it < max_steps and it % FIXED_CHECK_EVERY and callback is None:
+            # fixed steps: every row takes the same number of steps, so no row leaves before the last, and a NaN
+            # or inf carries forward to the next check: no pass over x and no host sync on the way
+            x, t = x_new, t_next
+            acc_h_total[idx_h] += 1
+            continue
         # max |x_new| per row (NaN propagates): 0.26 ms at (1000, 3072) fp32, against 2.8 ms for
         # isfinite(x).all(dim=1) and 4.4 ms for vector_norm(ord=inf); a row sum would be faster but can overflow
         xmax = x_new.abs().amax(dim=1)
@@ -211,8 +223,9 @@ def integrate(meth: RungeKutta, rhs: RHS, x_full, t_full, t1_full, success, n_ac
             if bad_h.any():
                 bad = idx[rows(bad_h)]
                 raise FloatingPointError(f"f returned NaN or inf (or the step overflowed) for samples "
-                                         f"{bad[:8].tolist()} after {it - 1} steps of {meth.name}; check f, or take "
-                                         "more steps")
+                                         f"{bad[:8].tolist()} within the first {it} steps of {meth.name} (checked "
+                                         f"every {FIXED_CHECK_EVERY} steps and at the last); check f, or take more "
+                                         "steps")
 
         # x (and the FSAL stage) take the step's values; rejected rows, usually none, keep the old ones
         k_last = K[-1] if meth.adaptive else None

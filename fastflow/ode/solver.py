@@ -125,10 +125,11 @@ def odeint(f: Callable[..., torch.Tensor], x0: torch.Tensor, t0: float | torch.T
     Raises:
         TypeError / ValueError: bad arguments (the message names the argument), or f returning a wrong type, shape
             or device (the message names f).
-        FloatingPointError: f returned NaN or inf: at x0 for dopri5; at any step of a fixed-step method; for dopri5
-            when a sample's step size underflows (t + h == t) after trial steps that hit NaN or inf. A dopri5 trial
-            step with a non-finite value is rejected and retried with h / 5 first, so a too-long step that leaves
-            f's domain or overflows is recovered from. (A step size that underflows with finite values, at a
+        FloatingPointError: f returned NaN or inf: at x0 for dopri5; at any step of a fixed-step method (found at
+            the next check); for dopri5 when a sample's step size underflows (t + h == t) after trial steps that
+            hit NaN or inf. A dopri5 trial step with a non-finite value is rejected and retried with h / 5 first,
+            so a too-long step that leaves f's domain or overflows is recovered from. (A step size that
+            underflows with finite values, at a
             singularity of the solution, stops that sample with success False.)
 
     Notes:
@@ -137,9 +138,11 @@ def odeint(f: Callable[..., torch.Tensor], x0: torch.Tensor, t0: float | torch.T
         (k = 5), h 0.9 err^(-0.2) on rejection, factor in [0.2, 10], no growth right after a rejection. Steps that
         would end within 1% of t1 are stretched to land exactly on it.
 
-        Host syncs: once at the start (finite inputs, zero-length intervals, f(x0) finite), then one per step: an
-        (n, 4) bool status copied to the host decides which samples leave the batch (and, with a callback, which
-        were accepted). Nothing else waits for the device.
+        Host syncs: once at the start (finite inputs, zero-length intervals, f(x0) finite), then one per step for
+        dopri5: an (n, 4) bool status copied to the host decides which samples leave the batch (and, with a
+        callback, which were accepted). The fixed-step methods, whose rows all take the same number of steps,
+        check the state for NaN / inf (a pass over x and a sync) every 32 steps and at the last one only (every
+        step with a callback). Nothing else waits for the device.
 
         float16/bfloat16 states are integrated in float32 (f still gets x0's dtype) and rounded once at the end.
 
