@@ -7,7 +7,7 @@ The public names are below; README.md has a tour and docs/ the mathematics and t
 ``testing/`` (faithful ports of the official algorithms), ``apps/`` (the command line and the demo), and
 ``_core/`` (the runtime they share: loader, config, dispatch, validation).
 """
-from . import distributed, ot, pfgm, pfgmpp, schedulers
+from . import distributed, ot, pfgm, pfgmpp, reflow, schedulers
 from ._core import ops as _ops  # noqa: F401  (fake implementations of the compiled ops, when the extension is built)
 from ._core.loader import backends
 from ._core.validate import get_validate_args, set_validate_args
@@ -27,7 +27,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Family", "Poisson", "Gaussian", "RadialCDF", "RectifiedFlow", "FieldStats",
     "pfgm", "pfgmpp", "EDMPrecond", "pfgmpp_target", "stf_target", "backends", "distributed", "set_validate_args",
-    "get_validate_args", "ot",
+    "get_validate_args", "ot", "reflow",
     "odeint", "ODEResult",
     "log_likelihood", "LikelihoodResult",
     "AffinePath", "PathSample", "StudentT", "schedulers", "timesteps", "edm_loss_weight", "logit_normal_weight",
