@@ -7,12 +7,13 @@ The public names are below; README.md has a tour and docs/ the mathematics and t
 ``testing/`` (faithful ports of the official algorithms), ``apps/`` (the command line and the demo), and
 ``_core/`` (the runtime they share: loader, config, dispatch, validation).
 """
-from . import distributed, ot, pfgm, pfgmpp, reflow, schedulers
+from . import distributed, evaluate, ot, pfgm, pfgmpp, reflow, schedulers
 from ._core import ops as _ops  # noqa: F401  (fake implementations of the compiled ops, when the extension is built)
 from ._core.loader import backends
 from ._core.validate import get_validate_args, set_validate_args
 from .families import Family, Gaussian, Poisson, RadialCDF
 from .field import FieldStats
+from .field.nearest import nearest
 from .guidance import guided
 from .likelihood import LikelihoodResult, log_likelihood
 from .ode import ODEResult, odeint
@@ -32,4 +33,5 @@ __all__ = [
     "log_likelihood", "LikelihoodResult",
     "AffinePath", "PathSample", "StudentT", "schedulers", "timesteps", "edm_loss_weight", "logit_normal_weight",
     "edm_sample", "edm_sigmas", "flow_sample", "family_sample", "Oracle", "SampleResult", "straightness", "guided",
+    "nearest", "evaluate",
 ]

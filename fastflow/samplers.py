@@ -23,6 +23,7 @@ from ._core import validate as V
 from ._core.progress import bar as progress_bar
 from ._core.types import DeviceLike
 from .families import Family
+from .field.nearest import nearest as _nearest
 from .multistep import dpmpp_2m_path
 from .ode import ODEResult, StepInfo, odeint
 from .ode.methods import METHODS
@@ -538,12 +539,11 @@ class Oracle:
         return torch.cat(outs).index_select(0, order)
 
     def nearest(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """For each row of x: (index of the nearest reference point (B,) int64, its distance (B,) float64)."""
-        x2 = x.reshape(x.shape[0], -1).double()
-        r2 = self.ref.reshape(self.ref.shape[0], -1).double().to(x2.device)
-        dist = torch.cdist(x2, r2)
-        m, j = dist.min(dim=1)
-        return j, m
+        """For each row of x (B, *shape): (index of the nearest reference point (B,) int64, its distance (B,)
+        float64), by :func:`fastflow.nearest` (streamed over the reference set, the distance recomputed exactly),
+        in float64 and on x's device."""
+        dist, j = _nearest(x.double(), self.ref.double().to(x.device), 1)
+        return j[:, 0], dist[:, 0]
 
 
 @nvtx.annotate("fastflow.family_sample")

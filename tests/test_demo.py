@@ -60,6 +60,16 @@ def test_demo_runs_every_recipe(tmp_path, method):
         assert math.isfinite(m[key]) and m[key] >= 0, key
     # the exact field of the training set memorises: its samples land on training digits
     assert m["exact_field_baseline"]["nn_ratio"] < 0.1 and m["exact_field_baseline"]["copies"] > 0.9
+    gap = saved["field_gap"]
+    if method == "pfgm":  # its network predicts PFGM's normalised (d+1)-field: no denoiser or velocity to compare
+        assert "skipped" in gap and not (out / "field_gap.png").exists()
+    else:
+        assert (out / "field_gap.png").stat().st_size > 1000
+        assert gap["target"] == ("velocity" if method == "rf" else "posterior_mean") and len(gap["t"]) == 8
+        for name in ("train", "held_out"):
+            assert all(math.isfinite(v) for v in gap[name]["excess"]) and min(gap[name]["loss_floor"]) >= 0
+        # the exact field's own gap: none on the training digits (its mse is the floor up to sampling noise)
+        assert max(gap["exact_field"]["train"]["rel_error"]) < 1e-5
 
 
 def test_demo_learns(tmp_path):

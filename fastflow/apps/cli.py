@@ -48,7 +48,8 @@ def _demo(args) -> int:
 
         torch.set_num_threads(args.threads)
     m = run(cfg)
-    print(f"\nfastflow demo ({m['method']}): wrote {args.out}/samples.png, loss.png, metrics.json")
+    gap_png = "" if "skipped" in m["field_gap"] else " field_gap.png,"
+    print(f"\nfastflow demo ({m['method']}): wrote {args.out}/samples.png, loss.png,{gap_png} metrics.json")
     print(f"  sliced W2 to held-out digits: {m['swd']:.4f}   (training digits: {m['swd_train_digits']:.4f}, "
           f"fitted Gaussian: {m['swd_gaussian']:.4f})")
     print(f"  nearest-training-digit ratio: {m['nn_ratio']:.3f}   (1: as far as new data; exact field: "

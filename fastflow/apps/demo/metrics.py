@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from ...field.nearest import nearest
+
 
 def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, n_proj: int = 512, seed: int = 0) -> float:
     """Sliced Wasserstein-2 distance between two point clouds (n, d) and (m, d), in float64: the root mean over
@@ -19,10 +21,21 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, n_proj: int = 512, seed
 
 
 def nearest_two(x: torch.Tensor, train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Distances (n,) from each row of x to its nearest and second-nearest training rows, float64."""
-    dist = torch.cdist(x.double().cpu(), train.double().cpu())
-    two = dist.topk(2, dim=1, largest=False).values
+    """Distances (n,) from each row of x to its nearest and second-nearest training rows, float64
+    (:func:`fastflow.nearest`: streamed over the training rows, each distance by a direct difference)."""
+    two = nearest(x.double().cpu(), train.double().cpu(), 2)[0]
     return two[:, 0], two[:, 1]
+
+
+def field_gap_summary(gap: dict, t_axis: torch.Tensor, t_name: str) -> dict:
+    """The JSON-ready part of :func:`fastflow.evaluate.field_gap`'s result: per source set, the per-t lists of
+    excess, its standard error, mse, loss floor, field mse and median relative error; ``t`` in the recipe's own
+    noise level ``t_name`` (sigma for the EDM recipes)."""
+    keys = ("excess", "excess_stderr", "mse", "loss_floor", "field_mse", "rel_error")
+    out = {"t": [float(v) for v in t_axis], "t_name": t_name, "target": gap["target"], "n": gap["n"]}
+    for name in ("train", "held_out"):
+        out[name] = {k: [float(v) for v in gap[name][k]] for k in keys}
+    return out
 
 
 def memorisation(samples: torch.Tensor, train: torch.Tensor, test: torch.Tensor) -> dict:

@@ -28,6 +28,11 @@ class Recipe:
     def parameters(self):
         return self.model.parameters()
 
+    def gap_model(self):
+        """What :func:`fastflow.evaluate.field_gap` compares, or None: (family, model(x, t) in the family's
+        time, target, family times ts, the same times in the recipe's noise level, its name)."""
+        return None
+
 
 class EDMRecipe(Recipe):
     """pfgmpp (Poisson(D), pfgmpp_target) and stf (Gaussian, stf_target): EDM's sigma law, weight and sampler."""
@@ -53,6 +58,13 @@ class EDMRecipe(Recipe):
         weight = self.model.loss_weight(sigma)  # EDM's, fastflow.edm_loss_weight
         return (weight[:, None] * (self.model(x, sigma) - target) ** 2).mean()
 
+    def gap_model(self):
+        # the denoiser against the posterior mean, at 8 sigmas over EDM's training range; Poisson(D)'s time is r
+        sigma = torch.logspace(-2, 1, 8, dtype=torch.float64)
+        scale = math.sqrt(self.D) if self.D is not None else 1.0
+        return (self.family, lambda x, t: self.model(x, t / scale), "posterior_mean", sigma * scale, sigma,
+                "sigma")
+
     @torch.no_grad()
     def sample(self, n, gen):
         x = self.family.prior(n, SHAPE, T=self._t(self.SIGMA_MAX), generator=gen, device=self.cfg.device)
@@ -62,7 +74,10 @@ class EDMRecipe(Recipe):
 
 
 class PFGMRecipe(Recipe):
-    """PFGM (D = 1): the official perturbation, target and sampler, with the digits' own hyperparameters."""
+    """PFGM (D = 1): the official perturbation, target and sampler, with the digits' own hyperparameters.
+
+    No field gap (``gap_model`` is None): the network predicts PFGM's normalised (d+1)-dimensional field in the
+    augmented space, neither a denoiser nor a velocity of the data dimensions."""
 
     def __init__(self, cfg, train):
         super().__init__(cfg, train)
@@ -104,6 +119,11 @@ class RFRecipe(Recipe):
         with torch.no_grad():
             target = self.family.velocity(x, t, ref)
         return ((self.model(x, t) - target) ** 2).mean()
+
+    def gap_model(self):
+        # the velocity network against the exact velocity, at 8 times over the training range
+        t = torch.logspace(-2, math.log10(0.9), 8, dtype=torch.float64)
+        return self.family, self.model, "velocity", t, t, "t"
 
     @torch.no_grad()
     def sample(self, n, gen):
