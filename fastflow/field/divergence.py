@@ -39,7 +39,6 @@ import math
 import torch
 
 from .._core import dispatch
-from .._core import validate as V
 from .logweights import EXP, GAUSSIAN, POISSON, TANH, TINY, gap_log_weight, log_weight, sphere_log_area
 
 __all__ = ["evaluate", "log_kernel_constant", "coefficient", "divergence_torch", "divergence_reference"]
@@ -134,20 +133,13 @@ def divergence_torch(x, ref, tau, a, kind, p, q, *, precision="ieee", chunk_size
 
     Returns (xbar (B, d), tr (B,) = tr dxbar/dx, log_norm (B,)) in the compute dtype.
     """
-    from .torch_backend import chunk_rows
+    from .torch_backend import centring, chunk, chunk_rows
 
     B, d = x.shape
     R = ref.shape[0]
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
     dev = x.device
-    c = torch.mean(ref, dim=0, dtype=cdt)
-    if V.reads_are_free(dev):  # the same centring rule as field_torch (a free read on the CPU)
-        yn_raw = torch.linalg.vector_norm(ref, dim=1, dtype=cdt).square_()
-        cc = float(c @ c)
-        centre = cc > 0.1 * max(float(yn_raw.mean()) - cc, 0.0)
-    else:
-        centre = True
-    xc = x.to(cdt) - a[:, None] * c if centre else x.to(cdt)
+    c, xc, _, yn_raw = centring(x, ref, a, cdt)  # the same centring rule as field_torch
     mmin = torch.full((B,), float("inf"), dtype=cdt, device=dev)
     jmin = torch.zeros(B, dtype=torch.int64, device=dev)
     s_star = torch.zeros(B, dtype=cdt, device=dev)
@@ -161,12 +153,7 @@ def divergence_torch(x, ref, tau, a, kind, p, q, *, precision="ieee", chunk_size
     # Few, large operations: on a loaded CPU each parallel region can stall for a scheduler tick
     with dispatch.fp32_matmul_precision(precision, dev):
         for start in range(0, R, C):
-            if centre:
-                yc = ref[start:start + C].to(cdt) - c
-                yn = torch.linalg.vector_norm(yc, dim=1).square_()
-            else:
-                yc = ref[start:start + C].to(cdt)
-                yn = yn_raw[start:start + C]
+            yc, yn = chunk(ref, start, C, c, yn_raw, cdt)
             n = yc.shape[0]
             yq = yc.to(mm_dtype)
             if mm_dtype == cdt:
@@ -178,7 +165,7 @@ def divergence_torch(x, ref, tau, a, kind, p, q, *, precision="ieee", chunk_size
             m_new = torch.minimum(mmin, m_chunk)
             torch.where(m_chunk < mmin, j_chunk + start, jmin, out=jmin)
             # the row's smallest s by a direct difference (O(B d), ~1/C of the GEMMs): c_j needs s_j itself
-            ustar, ystar_c, s_star = _pivot(x, ref, a, jmin, c if centre else None, cdt)
+            ustar, ystar_c, s_star = _pivot(x, ref, a, jmin, c, cdt)
             shift = torch.where(first, torch.zeros_like(mmin), mmin - m_new)  # s*_old - s*_new >= 0
             alpha = torch.where(first, torch.zeros_like(mmin),
                                 torch.exp(gap_log_weight(shift, s_star, tau, kind, p, q)))
@@ -205,7 +192,7 @@ def divergence_torch(x, ref, tau, a, kind, p, q, *, precision="ieee", chunk_size
     xbar_c, y1 = acc[:B], acc[B:]
     tr = _combine(xbar_c, y1, c0 / l, g1 / l, ustar, ystar_c, a)
     log_norm = log_weight(s_star, tau, kind, p, q) + torch.log(l)
-    xbar = xbar_c + c if centre else xbar_c
+    xbar = xbar_c + c if c is not None else xbar_c
     return xbar, tr, log_norm
 
 
