@@ -2,7 +2,7 @@
 //
 // Importing fastflow._C loads this library, whose static TORCH_LIBRARY / TORCH_LIBRARY_IMPL blocks register
 // the ops in torch.ops.fastflow; the kernels live in field_step.cpp, draw.cpp,
-// rk_step.cpp and rk_control.cpp (CPU) and cuda/*.cu (CUDA).
+// rk_step.cpp, rk_control.cpp and sinkhorn.cpp (CPU) and cuda/*.cu (CUDA).
 // The module itself only says whether the CUDA kernels were compiled in (WITH_CUDA, read by
 // fastflow/_loader.py). It is written against Python's C API rather than pybind11 / <torch/extension.h>:
 // with that header this file takes 19 s to compile instead of 4 s, for one attribute.
@@ -47,6 +47,10 @@ TORCH_LIBRARY(fastflow, m) {
   m.def(
       "rk_control_(Tensor(a!) t, Tensor(b!) h, Tensor(c!) h_try, Tensor(d!) t_next, Tensor(e!) err_prev, "
       "Tensor(f!) status, Tensor t1, Tensor err, Tensor xmax, float[] gains) -> ()");
+  // sinkhorn_lse (sinkhorn.cpp; specification: sinkhorn_lse_reference in fastflow/ot.py): the log-sum-exp of one
+  // log-domain Sinkhorn half-iteration on a float64 cost C (B, R): dim 1: out_i = LSE_j(h_j - scale C_ij), h (R,),
+  // out (B,); dim 0: out_j = LSE_i(h_i - scale C_ij), h (B,), out (R,).
+  m.def("sinkhorn_lse(Tensor C, Tensor h, float scale, int dim) -> Tensor");
 }
 
 namespace {

@@ -1,5 +1,5 @@
-"""Minibatch optimal transport on the streaming engine: :func:`sinkhorn` and :func:`couple` (docs/math.md, "Log-domain
-Sinkhorn").
+"""Minibatch optimal transport on the streaming engine: :func:`sinkhorn` and :func:`couple` (docs/math.md,
+section 9, "Couplings: log-domain Sinkhorn").
 
 The cost is C_ij = ||x0_i - x1_j||^2, formed per chunk of x1 by one GEMM on data centred on x1's mean (as the field
 engine forms its distances). The entropic plan P_ij = a_i b_j exp((f_i + g_j - C_ij) / eps) is held through its
@@ -7,10 +7,12 @@ potentials (f, g); each iteration is two log-sum-exps,
 
     f_i = -eps LSE_j( log b_j + (g_j - C_ij) / eps ),     g_j = -eps LSE_i( log a_i + (f_i - C_ij) / eps ),
 
-in float64. After the f-update the rows of P sum to a exactly and the columns to b_j exp((g_j - g_j') / eps), g'
-the next g: the marginal error sum_j |column sum - b_j| comes free with the g-update. eps-scaling (eps halved from
-the cost's scale down to the target, a few iterations each) reaches small eps in far fewer iterations than a
-fixed-eps Sinkhorn.
+in float64, each one fused pass over the cost on the CPU (the C++ op ``fastflow::sinkhorn_lse``, csrc/sinkhorn.cpp;
+its specification is :func:`sinkhorn_lse_reference`, which serves every other device). After the f-update the rows
+of P sum to a exactly and the columns to b_j exp((g_j - g_j') / eps), g' the next g: the marginal error comes free
+with the g-update. eps-scaling (eps halved from the cost's scale down to the target, a few iterations each) and
+over-relaxation of the final stage (:class:`_Relaxation`) reach small eps in far fewer iterations than a plain
+fixed-eps Sinkhorn, at the same fixed point.
 
 Memory: the cost chunks are kept between iterations when B R float64 fit the field's memory budget
 (FASTFLOW_FIELD_BUDGET_MB, 256 MiB by default); otherwise each iteration recomputes them, and memory is
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._core import config
+from ._core import config, dispatch
 from ._core import validate as V
 
 __all__ = ["sinkhorn", "couple", "SinkhornResult", "COUPLINGS"]
@@ -40,7 +42,8 @@ class SinkhornResult:
     Attributes:
         f: (B,) and g: (R,) float64 potentials: P_ij = a_i b_j exp((f_i + g_j - C_ij) / eps).
         eps: the entropic regularisation reached.  iterations: Sinkhorn iterations in all (eps-scaling included).
-        marginal_error: sum_j |sum_i P_ij - b_j| of the returned plan (its rows sum to a exactly).
+        marginal_error: sum_i |sum_j P_ij - a_i| + sum_j |sum_i P_ij - b_j| of the returned plan (the rows are
+            exact, and the first sum 0, without over-relaxation).
         converged: marginal_error <= tol (False: max_iters ran out; no exception).
         a, b: (B,), (R,) the marginals used (float64).
     """
@@ -125,25 +128,69 @@ def _points(x0, x1):
     return x0.reshape(len(x0), -1), x1.reshape(len(x1), -1)
 
 
+def sinkhorn_lse_reference(C: torch.Tensor, h: torch.Tensor, scale: float, dim: int) -> torch.Tensor:
+    """The specification of ``fastflow::sinkhorn_lse`` (csrc/sinkhorn.cpp): dim 1: (B,) LSE_j(h_j - scale C_ij);
+    dim 0: (R,) LSE_i(h_i - scale C_ij); float64 (one (B, R) temporary)."""
+    hb = h[None, :] if dim == 1 else h[:, None]
+    return torch.logsumexp(torch.add(hb, C, alpha=-scale), dim=dim)
+
+
+def _lse(C: torch.Tensor, h: torch.Tensor, scale: float, dim: int) -> torch.Tensor:
+    """The C++ op on the CPU (one fused pass), the torch specification elsewhere."""
+    if dispatch.use_ext(C):
+        return torch.ops.fastflow.sinkhorn_lse(C, h, scale, dim)
+    return sinkhorn_lse_reference(C, h, scale, dim)
+
+
 def _lse_rows(costs: _Costs, g, lb, e) -> torch.Tensor:
-    """(B,) LSE_j(log b_j + (g_j - C_ij) / e), online over the column chunks (one torch.logsumexp when one)."""
+    """(B,) LSE_j(log b_j + (g_j - C_ij) / e), online over the column chunks."""
     out = None
     for c0, c1, Ck in costs:
-        z = torch.logsumexp(torch.add(Ck, g[c0:c1][None, :], alpha=-1.0).div_(-e).add_(lb[c0:c1][None, :]), dim=1)
+        z = _lse(Ck, lb[c0:c1] + g[c0:c1] / e, 1.0 / e, 1)
         out = z if out is None else torch.logaddexp(out, z)
     return out
 
 
 def _lse_cols(costs: _Costs, f, la, e) -> torch.Tensor:
     """(R,) LSE_i(log a_i + (f_i - C_ij) / e); each chunk holds whole columns."""
-    parts = [torch.logsumexp(torch.add(Ck, f[:, None], alpha=-1.0).div_(-e).add_(la[:, None]), dim=0)
-             for _, _, Ck in costs]
-    return torch.cat(parts)
+    h = la + f / e
+    return torch.cat([_lse(Ck, h, 1.0 / e, 0) for _, _, Ck in costs])
+
+
+class _Relaxation:
+    """The over-relaxation factor omega of the final stage (docs/math.md, section 9), adapted as in
+    adaptive SOR: the error's contraction rate rho per iteration is measured over 4 iterations at the current
+    omega; the plain (Gauss-Seidel) rate it implies, r = (rho + omega - 1)^2 / (rho omega^2) (the SOR eigenvalue
+    relation; r = rho at omega = 1), gives the optimum omega = 2 / (1 + sqrt(1 - r)), taken when larger (at most
+    1.95). Sinkhorn's rate creeps towards its asymptote, so omega is raised as it does. If the relaxed error
+    grows 4-fold over its smallest value, omega falls back to 1 and its cap to halfway."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.omega, self.cap, self.errs, self.best = enabled, 1.0, 1.95, [], math.inf
+
+    def update(self, err: float) -> float:
+        if not self.enabled:
+            return 1.0
+        self.best = min(self.best, err)
+        if err > 4.0 * self.best:
+            self.cap = 1.0 + (self.omega - 1.0) / 2.0
+            self.omega, self.errs, self.best = 1.0, [], err
+            return 1.0
+        self.errs.append(err)
+        if len(self.errs) >= 6:  # the first error after a change is transient
+            rho = (self.errs[-1] / self.errs[-5]) ** 0.25
+            if 0.0 < rho < 1.0:
+                w = self.omega
+                r = min((rho + w - 1.0) ** 2 / (rho * w * w), 1.0)
+                w_new = min(self.cap, 2.0 / (1.0 + math.sqrt(1.0 - r)))
+                if w_new > w + 0.01:
+                    self.omega, self.errs = w_new, []
+        return self.omega
 
 
 def sinkhorn(x0: torch.Tensor, x1: torch.Tensor, *, eps: float, a: torch.Tensor | None = None,
              b: torch.Tensor | None = None, max_iters: int = 1000, tol: float = 1e-6, eps_scaling: bool = True,
-             chunk_size: int | None = None) -> SinkhornResult:
+             overrelax: bool = True, chunk_size: int | None = None) -> SinkhornResult:
     """Entropic optimal transport between the points x0 (B, *shape) and x1 (R, *shape), log-domain and streamed.
 
     Args:
@@ -154,6 +201,9 @@ def sinkhorn(x0: torch.Tensor, x1: torch.Tensor, *, eps: float, a: torch.Tensor 
         max_iters: the most iterations (eps-scaling included).  tol: the target marginal error (L1).
         eps_scaling: start at the cost's scale and halve eps down to ``eps`` (a few iterations each) before
             iterating at ``eps``: far fewer iterations for small eps; the result is the same fixed point.
+        overrelax: relax the final stage's updates, f <- f + omega (f' - f) and the same for g, with omega in
+            [1, 1.95] adapted to the measured convergence rate (docs/math.md section 9): same fixed point, 4-5x
+            fewer iterations at eps = 0.002 x the mean cost.
         chunk_size: columns of the cost per chunk (default from the memory budget).
 
     Returns:
@@ -179,22 +229,31 @@ def sinkhorn(x0: torch.Tensor, x1: torch.Tensor, *, eps: float, a: torch.Tensor 
             schedule.append(e)
             e /= 2.0
     it, err, stage, stage_it = 0, math.inf, 0, 0
+    relax = _Relaxation(overrelax)
     while it < max_iters:
-        e = schedule[stage] if stage < len(schedule) else eps
-        f = -e * _lse_rows(costs, g, lb, e)
-        g_new = -e * _lse_cols(costs, f, la, e)
+        final = stage >= len(schedule)
+        e = eps if final else schedule[stage]
+        w = relax.omega if final else 1.0
+        f_hat = -e * _lse_rows(costs, g, lb, e)
+        f_new = f_hat if w == 1.0 else torch.lerp(f, f_hat, w)
+        g_hat = -e * _lse_cols(costs, f_new, la, e)
         it += 1
-        # the plan of (f, g) has rows summing to a exactly and columns to b exp((g - g_new) / eps)
-        err = float((b * torch.expm1((g - g_new) / e)).abs().sum())
-        if stage < len(schedule):
-            g = g_new
+        # the plan of (f_new, g): rows sum to a exp((f_new - f_hat) / e) (exactly a when w = 1), columns to
+        # b exp((g - g_hat) / e)
+        err = float((b * torch.expm1((g - g_hat) / e)).abs().sum())
+        if w != 1.0:
+            err += float((a * torch.expm1((f_new - f_hat) / e)).abs().sum())
+        f = f_new
+        if not final:
+            g = g_hat
             stage_it += 1
             if err <= 1e-2 or stage_it >= 20:
                 stage, stage_it = stage + 1, 0
             continue
-        if err <= tol or it >= max_iters:
+        if err <= tol or it >= max_iters or not math.isfinite(err):
             break  # return (f, g): the plan whose marginal error is err
-        g = g_new
+        w = relax.update(err)
+        g = g_hat if w == 1.0 else torch.lerp(g, g_hat, w)
     return SinkhornResult(f=f, g=g, eps=float(eps), iterations=it, marginal_error=err, converged=err <= tol,
                           a=a, b=b)
 

@@ -37,3 +37,8 @@ if loader.has_C():  # importing _C here is what registers the ops this module re
     def _rk_control_fake(t, h, h_try, t_next, err_prev, status, t1, err, xmax, gains):
         """t, h, h_try, t_next, err_prev (n,) and status (n, 6) are updated in place; nothing is returned."""
         return None
+
+    @torch.library.register_fake("fastflow::sinkhorn_lse")
+    def _sinkhorn_lse_fake(C, h, scale, dim):
+        """C (B, R) float64; the new output is (B,) for dim 1, (R,) for dim 0."""
+        return C.new_empty((C.shape[0] if dim == 1 else C.shape[1],))
