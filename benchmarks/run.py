@@ -2,10 +2,11 @@
 
     python benchmarks/run.py                     # CPU: each script's quick sizes (~1 min on 2 cores)
     python benchmarks/run.py --device cuda       # every size on a GPU
-    python benchmarks/run.py --only field prior  # some of field, prior, ode_step, solvers; --full on a CPU
+    python benchmarks/run.py --only field prior  # some of field, prior, ode_step, solvers, construction, ot
 
 Sizes: on a CPU the quick sizes of each script (the field at (32, 256, 3072), (128, 1024, 3072) and STF's
-(64, 1024, 3072); the draws at (128, 3072) and (1000, 3072); the solvers' quick workloads); ``--full`` runs every
+(64, 1024, 3072); the draws at (128, 3072) and (1000, 3072); the solvers' quick workloads; Sinkhorn at
+B = 512); ``--full`` runs every
 size. On CUDA every size (each script skips what would not fit in memory). Each script writes its own JSON and log
 next to the report; the report quotes the scripts' goals (PASS / FAIL). Speed is measured here, never asserted
 in the tests.
@@ -31,6 +32,7 @@ SCRIPTS = (
     ("ode_step", "bench_ode_step.py", ["--B", "256"], []),
     ("solvers", "bench_solvers.py", ["--quick"], []),
     ("construction", "bench_construction.py", ["--repeats", "5", "--quiet"], ["--quiet"]),
+    ("ot", "bench_ot.py", ["--quick"], []),
 )
 NAMES = tuple(s[0] for s in SCRIPTS)
 
