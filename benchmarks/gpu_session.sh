@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything a lent GPU machine should do for fastflow (device time is scarce: 30 minutes a session).
 #   bash benchmarks/gpu_session.sh [SECTION...]
-#   SECTION: build tests field prior ode_step solvers construction demo report (default: all but demo and report)
+#   SECTION: build tests field prior ode_step solvers construction ot demo report (default: all but demo and report)
 # One 10-minute device call holds about build + tests, or build + the four benchmarks with the sizes below: split
 # the sections over two calls. demo and report run the CLI on the GPU (`fastflow demo --device cuda`, 3 files, and
 # `python benchmarks/run.py --device cuda`, report.md + plots); the device tool returns at most 8 files a call. Logs and
@@ -20,7 +20,7 @@ export MAX_JOBS=${MAX_JOBS:-16}
 out=${OUT:-benchmarks/results}
 mkdir -p "$out"
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -c 'A-Za-z0-9\n' '_')
-sections=${*:-build tests field prior ode_step solvers construction}
+sections=${*:-build tests field prior ode_step solvers construction ot}
 has() { [[ " $sections " == *" $1 "* ]]; }
 if has build || ! python3 -c "import fastflow._C" 2>/dev/null; then
   echo "== build ($gpu)"
@@ -58,6 +58,10 @@ if has solvers; then
   echo "== bench_solvers (peers that are not installed are skipped with a note)"
   python3 benchmarks/bench_solvers.py --device cuda --out "$out/solvers_$gpu.json" 2>&1 \
     | tee "$out/bench_solvers_$gpu.log" | tail -30
+fi
+if has ot; then
+  echo "== bench_ot (on CUDA tensors POT runs its torch backend on the GPU: the fair peer there)"
+  python3 benchmarks/bench_ot.py --device cuda --out "$out/ot_$gpu.json" 2>&1 | tee "$out/bench_ot_$gpu.log" | tail -20
 fi
 if has demo; then
   echo "== fastflow demo --device cuda"
