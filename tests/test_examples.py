@@ -16,6 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("edm_pfgmpp_train.py", ["--D", "128"]),
     ("edm_pfgmpp_train.py", ["--D", "inf", "--ref", "512"]),
     ("custom_psi_train.py", []),
+    ("reflow_digits.py", ["--pairs", "256"]),
 ])
 def test_example_runs(script, args):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "examples", script), "--iters", "30", "--samples", "32",
