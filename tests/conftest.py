@@ -19,6 +19,17 @@ if _loader.has_triton():
     import fastflow.kernels.ode  # noqa: F401
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny tensors (``pytestmark = pytest.mark.usefixtures("one_thread")``): torch's intra-op
+    pool only adds synchronisation there, which on 2 shared cores under load took such a file from 4 s to 13-33 s.
+    The thread count is restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

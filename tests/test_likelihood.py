@@ -13,14 +13,7 @@ from fastflow import likelihood as L
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tensors here are tiny (<= 256 x 64): torch's intra-op pool only adds synchronisation, which on 2 shared
-    cores under load took this file from 4 s to 13-33 s. Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (conftest.py)
 
 
 # ----------------------------------------------------------------------------------------------------------------
