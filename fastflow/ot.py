@@ -260,7 +260,7 @@ def sinkhorn(x0: torch.Tensor, x1: torch.Tensor, *, eps: float, a: torch.Tensor 
 
 def couple(x0: torch.Tensor, x1: torch.Tensor, *, method: str = "exact", eps: float | None = None,
            labels0: torch.Tensor | None = None, labels1: torch.Tensor | None = None,
-           generator: torch.Generator | None = None, **sinkhorn_kwargs) -> torch.Tensor:
+           generator: torch.Generator | None = None, **sinkhorn_kwargs: object) -> torch.Tensor:
     """A minibatch OT coupling: indices j (B,) int64 such that (x0_i, x1_j) are paired.
 
     ``method="exact"``: the optimal assignment (a permutation; B must equal R) of the squared-distance cost, by

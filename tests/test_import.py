@@ -36,14 +36,16 @@ def test_import_without_triton_and_without_C():
 
 def _public_callables():
     """(qualified name, function) for every public function and method: the names of ``__all__`` of fastflow,
-    fastflow.pfgm, fastflow.pfgmpp, fastflow.schedulers and fastflow.distributed, and for a class its public
+    fastflow.pfgm, fastflow.pfgmpp, fastflow.schedulers, fastflow.distributed, fastflow.ot, fastflow.reflow and
+    fastflow.evaluate, and for a class its public
     methods, ``__init__`` and properties,
     with those it inherits from fastflow base classes."""
     import inspect
 
     import fastflow
 
-    for mod in (fastflow, fastflow.pfgm, fastflow.pfgmpp, fastflow.schedulers, fastflow.distributed):
+    for mod in (fastflow, fastflow.pfgm, fastflow.pfgmpp, fastflow.schedulers, fastflow.distributed, fastflow.ot,
+                fastflow.reflow, fastflow.evaluate):
         for name in mod.__all__:
             obj = getattr(mod, name)
             qual = f"{mod.__name__}.{name}"
