@@ -85,7 +85,7 @@ def main(argv=None) -> int:
             res, peak = C.peak_memory(fn, device)
             tm = C.time_fn(fn, device, repeats=args.repeats)
             if name.startswith("fastflow"):
-                P, iters = res.plan(x0, x1), res.iterations
+                P, iters = res.plan(x0, x1), res.iters
             else:
                 P, iters = res[0], int(res[1]["niter"])
             err = float((P.sum(0) - a).abs().sum() + (P.sum(1) - a).abs().sum())

@@ -103,7 +103,7 @@ def main(argv=None):
     gen = torch.Generator(device=dev).manual_seed(args.seed + 1)
     t0 = time.perf_counter()
     x1 = rf.prior(args.pairs, (64,), T=1.0, generator=gen, device=dev)
-    x0_hat, x1 = fastflow.reflow.couple(exact, x1, t_end=t_min, batch_size=2048, progress=True)
+    x0_hat, x1 = fastflow.reflow.couple(exact, x1, path=rf, t_end=t_min, batch_size=2048, progress=True)
     print(f"reflow pairs: {tuple(x0_hat.shape)} in {time.perf_counter() - t0:.0f} s")
 
     def loss_1rf(net, g):                                   # the demo's rf recipe: exact target, independent noise

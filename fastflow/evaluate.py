@@ -146,6 +146,9 @@ def _call(model, x, t, batch_size: int) -> torch.Tensor:
         if tuple(out.shape) != tuple(xi.shape):
             raise ValueError(f"model returned shape {tuple(out.shape)}, expected {tuple(xi.shape)} (the shape of "
                              "the x it was given)")
+        if not bool(torch.isfinite(out).all()):
+            raise FloatingPointError(f"model returned NaN or inf at t = {float(t[i]):.6g} (the rows "
+                                     f"{i}..{i + xi.shape[0] - 1} of this call)")
         outs.append(out.detach())
     return torch.cat(outs)
 
@@ -177,7 +180,8 @@ def field_gap(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], famil
     Returns:
         A dict: ``"t"``: (T,) float64 CPU tensor of the times; ``"target"``: the target; ``"n"``: n;
         ``"train"``: the metrics of the sources drawn from ref; ``"held_out"``: those of held_out (None without
-        it). Each metrics dict holds (T,) float64 CPU tensors, one entry per t:
+        it); and, at the top level too, the train metrics (``result["rel_error"] is result["train"]["rel_error"]``).
+        Each metrics dict holds (T,) float64 CPU tensors, one entry per t:
 
         - ``"rel_error"``: the median over samples of ||m - e|| / ||e|| (per-sample norms over all coordinates);
           ``"rel_error_mean"``: their mean; ``"rel_errors"``: all of them, (T, n).
@@ -192,6 +196,7 @@ def field_gap(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], famil
 
     Raises:
         TypeError: a model output that is not a tensor, a bad family, ts, n, target or generator type.
+        FloatingPointError: a model output with NaN or inf (the message names t).
         ValueError: empty ts, t <= 0 (or > t_max), n < 1, an unknown target, mismatched held_out, a model
             output of the wrong shape.
     """
@@ -247,4 +252,5 @@ def field_gap(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], famil
     for name, out in rows.items():
         result[name] = {k: (torch.stack(v) if k == "rel_errors" else torch.tensor(v, dtype=_F64))
                         for k, v in out.items()}
+    result.update(result["train"])  # the top-level keys "rel_error", "loss_floor", ... are the train set's
     return result

@@ -41,7 +41,8 @@ class SinkhornResult:
 
     Attributes:
         f: (B,) and g: (R,) float64 potentials: P_ij = a_i b_j exp((f_i + g_j - C_ij) / eps).
-        eps: the entropic regularisation reached.  iterations: Sinkhorn iterations in all (eps-scaling included).
+        eps: the entropic regularisation reached.  iters: Sinkhorn iterations in all (eps-scaling included;
+            also readable as ``iterations``).
         marginal_error: sum_i |sum_j P_ij - a_i| + sum_j |sum_i P_ij - b_j| of the returned plan (the rows are
             exact, and the first sum 0, without over-relaxation).
         converged: marginal_error <= tol (False: max_iters ran out; no exception).
@@ -51,11 +52,16 @@ class SinkhornResult:
     f: torch.Tensor
     g: torch.Tensor
     eps: float
-    iterations: int
+    iters: int
     marginal_error: float
     converged: bool
     a: torch.Tensor
     b: torch.Tensor
+
+    @property
+    def iterations(self) -> int:
+        """The same as ``iters``."""
+        return self.iters
 
     def plan(self, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
         """The dense (B, R) float64 plan P (memory B R; for small problems and tests)."""
@@ -123,9 +129,10 @@ def _points(x0, x1):
     if x0.dtype != x1.dtype or x0.device != x1.device:
         raise ValueError(f"x0 and x1 must share dtype and device, got {x0.dtype} {x0.device} and {x1.dtype} "
                          f"{x1.device}")
-    if x0.shape[0] == 0 or x1.shape[0] == 0:
-        raise ValueError("x0 and x1 must be non-empty")
-    return x0.reshape(len(x0), -1), x1.reshape(len(x1), -1)
+    # a coupling is piecewise constant in the points and the potentials are not differentiated through the
+    # iterations: both are computed on detached points (no graph kept over max_iters passes)
+    d = math.prod(x0.shape[1:])
+    return x0.detach().reshape(len(x0), d), x1.detach().reshape(len(x1), d)
 
 
 def sinkhorn_lse_reference(C: torch.Tensor, h: torch.Tensor, scale: float, dim: int) -> torch.Tensor:
@@ -207,9 +214,13 @@ def sinkhorn(x0: torch.Tensor, x1: torch.Tensor, *, eps: float, a: torch.Tensor 
         chunk_size: columns of the cost per chunk (default from the memory budget).
 
     Returns:
-        :class:`SinkhornResult`; ``converged`` False (not an exception) when max_iters ran out.
+        :class:`SinkhornResult`; ``converged`` False (not an exception) when max_iters ran out. The potentials
+        carry no gradient (the points are detached); B = 0 or R = 0 is a ValueError (no marginal sums to 1).
     """
     x0, x1 = _points(x0, x1)
+    if x0.shape[0] == 0 or x1.shape[0] == 0:
+        raise ValueError(f"sinkhorn needs points on both sides (marginals summing to 1), got B = {x0.shape[0]}, "
+                         f"R = {x1.shape[0]}")
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (math.isfinite(eps) and eps > 0):
         raise ValueError(f"eps must be a finite number > 0 (the entropic regularisation), got {eps!r}")
     max_iters = V.count("max_iters", max_iters, minimum=1)
@@ -254,7 +265,7 @@ def sinkhorn(x0: torch.Tensor, x1: torch.Tensor, *, eps: float, a: torch.Tensor 
             break  # return (f, g): the plan whose marginal error is err
         w = relax.update(err)
         g = g_hat if w == 1.0 else torch.lerp(g, g_hat, w)
-    return SinkhornResult(f=f, g=g, eps=float(eps), iterations=it, marginal_error=err, converged=err <= tol,
+    return SinkhornResult(f=f, g=g, eps=float(eps), iters=it, marginal_error=err, converged=err <= tol,
                           a=a, b=b)
 
 
@@ -271,7 +282,8 @@ def couple(x0: torch.Tensor, x1: torch.Tensor, *, method: str = "exact", eps: fl
     Use with ``AffinePath.sample(x0, x1=x1[j])`` for OT-CFM training.
 
     Returns:
-        (B,) int64 indices into x1, on x0's device.
+        (B,) int64 indices into x1, on x0's device (empty for B = 0); no gradient flows through a coupling (the
+        points are detached), so x0 and x1 may require grad.
     """
     x0, x1 = _points(x0, x1)
     V.choice("method", method, COUPLINGS)
@@ -296,6 +308,8 @@ def couple(x0: torch.Tensor, x1: torch.Tensor, *, method: str = "exact", eps: fl
         if B != R:
             raise ValueError(f"the exact coupling is a permutation: x0 and x1 need as many points, got B = {B}, "
                              f"R = {R} (use method='sinkhorn')")
+        if B == 0:
+            return torch.empty(0, dtype=torch.long, device=x0.device)
         from scipy.optimize import linear_sum_assignment
 
         C = _cost(x0, x1).cpu().numpy()
@@ -303,6 +317,10 @@ def couple(x0: torch.Tensor, x1: torch.Tensor, *, method: str = "exact", eps: fl
         perm = torch.empty(B, dtype=torch.long)
         perm[torch.from_numpy(rows)] = torch.from_numpy(cols)
         return perm.to(x0.device)
+    if B == 0:
+        return torch.empty(0, dtype=torch.long, device=x0.device)
+    if R == 0:
+        raise ValueError("method='sinkhorn' needs at least one point in x1 to pair with")
     if eps is None:
         eps = 0.05 * float(_cost(x0[:256], x1[:256]).mean())
     res = sinkhorn(x0, x1, eps=eps, **sinkhorn_kwargs)

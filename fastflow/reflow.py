@@ -7,18 +7,21 @@ model's curved trajectories are replaced by.
 """
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 
 import torch
 
 from ._core import validate as V
 from ._core.progress import bar as progress_bar
+from .paths import AffinePath, RectifiedFlow
 from .samplers import flow_sample
 
 __all__ = ["couple"]
 
 
-def couple(velocity: Callable[..., torch.Tensor], x1: torch.Tensor, *, t_start: float = 1.0, t_end: float = 0.0,
+def couple(velocity: Callable[..., torch.Tensor], x1: torch.Tensor, *, path: AffinePath | None = None,
+           t_start: float = 1.0, t_end: float = 0.0,
            method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
            batch_size: int | None = None, model_kwargs: dict | None = None,
            progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,6 +30,9 @@ def couple(velocity: Callable[..., torch.Tensor], x1: torch.Tensor, *, t_start: 
     Args:
         velocity: ``v(x, t, **model_kwargs)`` of the path, noise at t = 1 (as :func:`fastflow.flow_sample`).
         x1: (N, *shape) source draws (e.g. ``path.prior(N, shape)``).
+        path: the :class:`fastflow.AffinePath` the model was trained on (default None: rectified flow,
+            ``fastflow.RectifiedFlow()``); its schedule gives ``method="dpmpp_2m"`` its data prediction, and its
+            times bound t_start (at most ``path.t_max`` = 1). The next round trains on ``path.sample(x0_hat, x1=x1)``.
         t_start, t_end, method, rtol, atol, steps: as :func:`fastflow.flow_sample` (t_end = 0 for a model that is
             regular there; a small t_end for an exact empirical field, which is singular at 0).
         batch_size: rows integrated at a time (default: all).
@@ -38,6 +44,14 @@ def couple(velocity: Callable[..., torch.Tensor], x1: torch.Tensor, *, t_start: 
     """
     if not callable(velocity):
         raise TypeError(f"velocity must be callable as v(x, t), got {type(velocity).__name__}")
+    if path is None:
+        path = RectifiedFlow()
+    if not isinstance(path, AffinePath):
+        raise TypeError(f"path must be a fastflow.AffinePath (the path the model was trained on; RectifiedFlow is "
+                        f"one), got {type(path).__name__}")
+    if isinstance(t_start, numbers.Real) and not isinstance(t_start, bool) and t_start > path.t_max:
+        raise ValueError(f"t_start must be <= {path.t_max} (the source end of {path!r}), got {t_start}")
+    sched = {"scheduler": path.scheduler} if method == "dpmpp_2m" else {}
     x1 = V.tensor("x1", x1)
     N = x1.shape[0]
     batch = N if batch_size is None else V.count("batch_size", batch_size, minimum=1)
@@ -54,7 +68,7 @@ def couple(velocity: Callable[..., torch.Tensor], x1: torch.Tensor, *, t_start: 
             rows = slice(s, min(s + batch, N))
             sub = {k: (v[rows] if isinstance(v, torch.Tensor) and v.dim() >= 1 else v) for k, v in kw.items()}
             res = flow_sample(velocity, x1[rows], t_start=t_start, t_end=t_end, method=method, rtol=rtol,
-                              atol=atol, steps=steps, model_kwargs=sub)
+                              atol=atol, steps=steps, model_kwargs=sub, **sched)
             if not bool(res.success.all()):
                 raise RuntimeError("reflow.couple: some samples did not reach t_end (max_steps ran out); raise "
                                    "max_steps through a fixed-step method or loosen rtol/atol")

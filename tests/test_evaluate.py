@@ -69,6 +69,7 @@ def test_the_exact_field_has_no_gap_and_sits_on_the_floor(fam, target):
     ts = [0.05, 0.3, 0.8]
     r = _exact_gap(fam, ref, ts, target, 3000, held_out=held, generator=g, batch_size=700)
     assert torch.equal(r["t"], torch.tensor(ts, dtype=F64)) and r["target"] == target and r["n"] == 3000
+    assert all(r[k] is r["train"][k] for k in METRICS)  # the contract's top-level keys are the train set's
     for name in ("train", "held_out"):
         m = r[name]
         assert set(m) == set(METRICS) | {"rel_errors"}
@@ -162,6 +163,8 @@ def test_errors():
         field_gap(lambda x, t: x[:, :2], fam, ref, [0.5])
     with pytest.raises(TypeError, match="model must return a torch.Tensor"):
         field_gap(lambda x, t: 0.0, fam, ref, [0.5])
+    with pytest.raises(FloatingPointError, match="NaN or inf at t = 0.25"):
+        field_gap(lambda x, t: x / (t[:, None] - 0.25), fam, ref, [0.5, 0.25])
     with pytest.raises(ValueError, match="ref is empty"):
         field_gap(model, fam, torch.zeros(0, 3), [0.5])
     with pytest.raises(ValueError, match="t must be finite and > 0"):

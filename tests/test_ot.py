@@ -1,6 +1,7 @@
 """fastflow.ot (issue 14 §1): log-domain Sinkhorn against a dense float64 reference (potentials, plan, marginals),
 the exact coupling against brute force and scipy, class labels, and bad input."""
 import itertools
+import warnings
 
 import pytest
 import torch
@@ -54,7 +55,7 @@ def test_sinkhorn_matches_a_dense_reference(chunk, scaling):
 def test_sinkhorn_reports_non_convergence():
     x0, x1 = clouds()
     res = OT.sinkhorn(x0, x1, eps=0.05, max_iters=5, tol=1e-12)
-    assert not res.converged and res.iterations == 5 and res.marginal_error > 1e-12
+    assert not res.converged and res.iters == 5 and res.iterations == 5 and res.marginal_error > 1e-12
 
 
 def test_exact_coupling_is_the_optimal_permutation():
@@ -106,6 +107,35 @@ def test_bad_input():
         OT.sinkhorn(x0, x1, eps=1.0, a=torch.ones(40, dtype=F64))
     with pytest.raises(ValueError, match="method"):
         OT.couple(x0, x1[:40], method="greedy")
+
+
+def test_seams_grad_empty_strides_and_images():
+    x0, x1 = clouds(B=30, R=30, d=6)
+    ref = OT.sinkhorn(x0, x1, eps=0.5)
+    perm = OT.couple(x0, x1)
+    # points that require grad: the same result, no graph, no warning about a scalar read of a grad tensor
+    g0 = x0.clone().requires_grad_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = OT.sinkhorn(g0, x1, eps=0.5)
+        assert torch.equal(OT.couple(g0, x1), perm)
+    assert not got.f.requires_grad and torch.allclose(got.f, ref.f, rtol=0, atol=1e-12)
+    # column-major and strided views: the same potentials (the GEMM may reassociate: 1e-10)
+    wide = torch.zeros(30, 12, dtype=F64)
+    wide[:, ::2] = x0
+    for view in (x0.t().contiguous().t(), wide[:, ::2]):
+        assert torch.allclose(OT.sinkhorn(view, x1, eps=0.5).f, ref.f, rtol=0, atol=1e-10)
+        assert torch.equal(OT.couple(view, x1), perm)
+    # image-shaped points are flattened
+    assert torch.equal(OT.couple(x0.reshape(30, 2, 3), x1.reshape(30, 2, 3)), perm)
+    # B = 0: an empty coupling; sinkhorn has no probability vector on an empty side
+    for method in ("exact", "sinkhorn"):
+        out = OT.couple(x0[:0], x1[:0] if method == "exact" else x1, method=method, eps=0.5)
+        assert out.shape == (0,) and out.dtype == torch.long
+    with pytest.raises(ValueError, match="points on both sides"):
+        OT.sinkhorn(x0[:0], x1, eps=0.5)
+    with pytest.raises(ValueError, match="at least one point in x1"):
+        OT.couple(x0, x1[:0], method="sinkhorn", eps=0.5)
 
 
 # ---- the fused log-sum-exp (fastflow::sinkhorn_lse, csrc/sinkhorn.cpp) against its torch specification
@@ -204,7 +234,7 @@ def test_overrelaxation_reaches_the_same_plan_in_fewer_iterations():
     plain = OT.sinkhorn(x0, x1, eps=eps, tol=1e-10, max_iters=50000, overrelax=False)
     fast = OT.sinkhorn(x0, x1, eps=eps, tol=1e-10, max_iters=50000)
     assert plain.converged and fast.converged
-    assert fast.iterations < plain.iterations / 2
+    assert fast.iters < plain.iters / 2
     P, Q = plain.plan(x0, x1), fast.plan(x0, x1)
     assert float((P - Q).abs().sum()) < 1e-8
     # the reported error is the plan's: rows and columns

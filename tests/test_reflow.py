@@ -49,3 +49,20 @@ def test_reflow_straightens_the_exact_field():
     line = torch.stack([(1 - tt) * x0 + tt * x1 for tt in t])
     assert float(fastflow.straightness(line).min()) == pytest.approx(1.0, abs=1e-12)
     assert float(curved.mean()) < 0.999  # the first round's paths bend
+
+
+def test_path_gives_dpmpp_2m_its_schedule_and_bounds_t_start():
+    # a model trained on a cosine path: dpmpp_2m's data prediction needs that path's (alpha, sigma)
+    path = fastflow.AffinePath(fastflow.schedulers.Cosine())
+    ref = torch.randn(6, 3, generator=torch.Generator().manual_seed(3), dtype=F64)
+    oracle = fastflow.Oracle(path, ref)
+    x1 = torch.randn(20, 3, generator=torch.Generator().manual_seed(4), dtype=F64)
+    x0, _ = fastflow.reflow.couple(oracle, x1, path=path, method="dpmpp_2m", steps=20, t_end=1e-3, batch_size=8)
+    want = fastflow.flow_sample(oracle, x1, method="dpmpp_2m", steps=20, t_end=1e-3, scheduler=path.scheduler).x
+    torch.testing.assert_close(x0, want, rtol=1e-12, atol=1e-12)
+    other = fastflow.reflow.couple(oracle, x1, method="dpmpp_2m", steps=20, t_end=1e-3)[0]  # CondOT's prediction
+    assert float((other - want).abs().max()) > 1e-3
+    with pytest.raises(TypeError, match="path must be a fastflow.AffinePath"):
+        fastflow.reflow.couple(oracle, x1, path=fastflow.Gaussian())
+    with pytest.raises(ValueError, match="t_start must be <= 1"):
+        fastflow.reflow.couple(oracle, x1, path=path, t_start=1.5)
