@@ -180,7 +180,8 @@ class Family:
         Returns:
             (B,) tensor in the compute dtype (float64 for float64 input, else float32).
         """
-        res = self._field(x, t, ref, velocity=False, backend=backend, precision=precision, chunk_size=chunk_size)
+        res = self._field(x, t, ref, velocity=False, backend=backend, precision=precision, chunk_size=chunk_size,
+                          mean=False)
         d = math.prod(res.shape[1:])
         const = self.log_kernel_constant(d, self.noise_scale(res.t)).to(res.log_norm.dtype)
         return res.log_norm + const - math.log(ref.shape[0])
@@ -224,9 +225,11 @@ class Family:
         return res, math.prod(res.shape[1:]) * A + Bt * tr
 
     def _field(self, x, t, ref, *, velocity: bool, backend: str | None, precision: str,
-               chunk_size: int | None) -> _field.FieldResult:
-        """The engine's pass behind :meth:`posterior_mean` (``velocity`` False) and :meth:`velocity`."""
-        return _field.evaluate(self, x, t, ref, backend=backend, precision=precision, chunk_size=chunk_size)
+               chunk_size: int | None, mean: bool = True) -> _field.FieldResult:
+        """The engine's pass behind :meth:`posterior_mean` (``velocity`` False) and :meth:`velocity`; with
+        ``mean`` False (:meth:`log_density`) the pass may skip the weighted sum (``xbar`` is then None)."""
+        return _field.evaluate(self, x, t, ref, backend=backend, precision=precision, chunk_size=chunk_size,
+                               mean=mean)
 
     def _velocity(self, res: _field.FieldResult) -> torch.Tensor:
         """The (B, d) velocity in the compute dtype from the engine's result: (x - xbar) / t."""
@@ -344,10 +347,11 @@ class RadialCDF(Family):
         return f
 
     def _field(self, x, t, ref, *, velocity: bool, backend: str | None, precision: str,
-               chunk_size: int | None) -> _field.FieldResult:
+               chunk_size: int | None, mean: bool = True) -> _field.FieldResult:
         if self.user is None:
             return super()._field(x, t, ref, velocity=velocity, backend=backend, precision=precision,
-                                  chunk_size=chunk_size)
+                                  chunk_size=chunk_size, mean=mean)
+        # a user psi: its exact log-normaliser comes with the phi-mean pass (flux.py), kept for log_density too
         return _flux.evaluate(self, self.user, x, t, ref, mean=not velocity, flux=velocity, backend=backend,
                               precision=precision, chunk_size=chunk_size)
 

@@ -112,7 +112,7 @@ class FieldResult:
 
 
 def evaluate(law: Law, x, t, ref, *, t_name: str = "t", backend: str | None = None, precision: str = "ieee",
-             chunk_size: int | None = None) -> FieldResult:
+             chunk_size: int | None = None, mean: bool = True) -> FieldResult:
     """The posterior mean of ``law``'s weights at (x, t) over the reference set ``ref``.
 
     Args:
@@ -122,6 +122,8 @@ def evaluate(law: Law, x, t, ref, *, t_name: str = "t", backend: str | None = No
         backend: "reference", "torch" or "triton"; None: by device (module docstring).
         precision: "ieee" (default), or the opt-in "tf32" (CUDA) / "bf16".
         chunk_size: reference rows per streaming step, a positive int (default: from a memory budget).
+        mean: False when only log_norm is wanted (log-densities): the torch backend then skips the weighted-sum
+            GEMM, half the work, and ``xbar`` may be None; the other routes compute it anyway.
 
     Returns:
         :class:`FieldResult`.
@@ -133,8 +135,8 @@ def evaluate(law: Law, x, t, ref, *, t_name: str = "t", backend: str | None = No
     # the log-weight's time is the noise scale s_t of x_t = a_t x0 + s_t rho g (t itself but for affine paths)
     xbar, log_norm, ess = _run(x2, law.noise_scale(tt), ref2, a=law.path_scale(tt), params=law.weight_params(d),
                                log_weight_ref=law.reference_log_weight(d), backend=backend, precision=precision,
-                               chunk_size=chunk_size)
-    check_finite(f"{law!r}", xbar, log_norm)
+                               chunk_size=chunk_size, mean=mean)
+    check_finite(f"{law!r}", *(v for v in (xbar, log_norm) if v is not None))
     return pre.result(xbar, log_norm, ess)
 
 
@@ -185,10 +187,11 @@ def prepare(law: Law, x, t, ref, *, t_name: str = "t", precision: str = "ieee",
 
 
 @nvtx.annotate("fastflow.field")
-def _run(x2, t, ref2, *, a, params, log_weight_ref, backend=None, precision="ieee", chunk_size=None):
+def _run(x2, t, ref2, *, a, params, log_weight_ref, backend=None, precision="ieee", chunk_size=None, mean=True):
     """Run a backend on validated, flattened inputs: x2 (B, d), ref2 (R, d), t, a (B,) in the compute dtype.
 
-    Returns (xbar (B, d), log_norm (B,), ess (B,)) in the compute dtype.
+    Returns (xbar (B, d), log_norm (B,), ess (B,)) in the compute dtype; xbar None where ``mean`` is False and
+    the torch backend ran.
     """
     name = dispatch.select_backend(x2.device, backend)
     kind, p, q = params
@@ -207,7 +210,7 @@ def _run(x2, t, ref2, *, a, params, log_weight_ref, backend=None, precision="iee
                 "trace them. Inside torch.compile on the CPU use backend='torch' (the default).")
         return field_triton(x2, ref2, t, a, kind, p, q, precision=precision, chunk_size=chunk_size)
     # float64 on CUDA goes to the torch backend (cuBLAS DGEMM): the Triton kernels accumulate in float32.
-    return field_torch(x2, ref2, t, a, kind, p, q, precision=precision, chunk_size=chunk_size)
+    return field_torch(x2, ref2, t, a, kind, p, q, precision=precision, chunk_size=chunk_size, mean=mean)
 
 
 def check_finite(name: str, *tensors: torch.Tensor) -> None:

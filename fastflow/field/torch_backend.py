@@ -107,10 +107,11 @@ def chunk(ref, start: int, C: int, c, yn_raw, cdt):
     return ref[start:start + C].to(cdt), yn_raw[start:start + C]
 
 
-def field_torch(x, ref, t, a, kind, p, q, *, precision="ieee", chunk_size=None, use_ext=True):
+def field_torch(x, ref, t, a, kind, p, q, *, precision="ieee", chunk_size=None, use_ext=True, mean=True):
     """Streaming posterior mean. x: (B, d), ref: (R, d), t, a: (B,) in the compute dtype.
 
-    Returns (xbar (B, d), log_norm (B,), ess (B,)) in the compute dtype (float64 for float64 input, else float32).
+    Returns (xbar (B, d), log_norm (B,), ess (B,)) in the compute dtype (float64 for float64 input, else float32);
+    with ``mean`` False, xbar is None and the weighted-sum GEMM is skipped (log_norm and ess only).
     """
     B, d = x.shape
     R = ref.shape[0]
@@ -130,6 +131,8 @@ def field_torch(x, ref, t, a, kind, p, q, *, precision="ieee", chunk_size=None, 
             yq = yc.to(mm_dtype)
             dots = torch.mm(xq, yq.t()).to(cdt)
             alpha = _step(dots, xn, yn, t, a, mmin, jmin, l, l2, start, kind, p, q, use_ext)
+            if not mean:
+                continue
             wsum = torch.mm(dots.to(mm_dtype), yq).to(cdt) if mm_dtype != cdt else None
             if acc is None:
                 acc = wsum if wsum is not None else torch.mm(dots, yc)
@@ -137,7 +140,10 @@ def field_torch(x, ref, t, a, kind, p, q, *, precision="ieee", chunk_size=None, 
                 acc.mul_(alpha[:, None]).addmm_(dots, yc)
             else:
                 acc.mul_(alpha[:, None]).add_(wsum)
+    log_norm = exact_log_norm(x, ref, t, a, jmin, l, kind, p, q)
+    if not mean:
+        return None, log_norm, l * l / l2
     xbar = acc.div_(l[:, None])
     if c is not None:
         xbar += c
-    return xbar, exact_log_norm(x, ref, t, a, jmin, l, kind, p, q), l * l / l2
+    return xbar, log_norm, l * l / l2
