@@ -505,14 +505,17 @@ class UnknownConfigError(KeyError, ValueError):
 
 
 class _Configs(Mapping):
-    """The official presets by name; an unknown name raises :class:`UnknownConfigError` naming the known ones."""
+    """The official presets by name; an unknown name raises :class:`UnknownConfigError` naming the known ones.
+    Short names (``"lsun256"`` for ``"lsun_bedroom256"``) are accepted too, and not listed by iteration."""
+
+    _ALIASES = {"lsun256": "lsun_bedroom256"}
 
     def __init__(self, presets: dict):
         self._presets = presets
 
     def __getitem__(self, name: str) -> PFGMConfig:
         try:
-            return self._presets[name]
+            return self._presets[self._ALIASES.get(name, name) if isinstance(name, str) else name]
         except (KeyError, TypeError):
             raise UnknownConfigError(f"no PFGM config named {name!r}; the official ones are "
                                      f"{sorted(self._presets)}") from None

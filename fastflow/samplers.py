@@ -7,8 +7,8 @@
 - :func:`family_sample` and :class:`Oracle`: the model-free velocity of any family from its exact empirical field
   (``family.velocity(x, t, ref)``), to compare solvers and constructions without training anything.
 
-Conventions: every sampler takes x_init drawn by the caller (``family.prior``), returns a :class:`SampleResult`,
-and accepts ``callback`` and ``progress`` (a tqdm bar).
+Conventions: every sampler takes its start points (x_T, x_1) drawn by the caller (``family.prior``), returns a
+:class:`SampleResult`, and accepts ``callback`` and ``progress`` (a tqdm bar).
 """
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def _edm_grid(sigmas) -> list[float]:
 
 
 @nvtx.annotate("fastflow.edm_sample")
-def edm_sample(denoiser: Callable, x_init: torch.Tensor, *, sigma_min: float = 0.002, sigma_max: float = 80.0,
+def edm_sample(denoiser: Callable, x_T: torch.Tensor, *, sigma_min: float = 0.002, sigma_max: float = 80.0,
                steps: int = 18, rho: float = 7.0, D: float | None = None,
                sigmas: torch.Tensor | list[float] | tuple[float, ...] | None = None, solver: str = "heun",
                S_churn: float = 0.0, S_min: float = 0.0, S_max: float = float("inf"), S_noise: float = 1.0,
@@ -146,9 +146,9 @@ def edm_sample(denoiser: Callable, x_init: torch.Tensor, *, sigma_min: float = 0
     noise to a float32 and a float64 run. ``S_churn = 0`` draws nothing.
 
     PFGM++ (``D`` given): the same ODE, because with r = sigma sqrt(D) the Poisson(D) velocity (x - xbar) / r
-    integrates in sigma to (x - xbar) / sigma. Draw x_init from ``fastflow.Poisson(D).prior(n, shape,
+    integrates in sigma to (x - xbar) / sigma. Draw x_T from ``fastflow.Poisson(D).prior(n, shape,
     T=sigma_max * sqrt(D))``, and train the denoiser with r = sigma sqrt(D) (``fastflow.pfgmpp_target``). For the
-    Gaussian family, x_init = ``fastflow.Gaussian().prior(n, shape, T=sigma_max)``. Churn with PFGM++ adds the
+    Gaussian family, x_T = ``fastflow.Gaussian().prior(n, shape, T=sigma_max)``. Churn with PFGM++ adds the
     same *Gaussian* noise as above: that is what PFGM++'s official sampler does (``edm_sampler`` in
     Newbeeer/pfgmpp generate.py runs the EDM churn unchanged with ``pfgmpp=True``; its command line defaults are
     S_noise = 0 and S_max = 0, i.e. churn off). The Poisson(D) kernel is not a convolution semigroup, so no exact
@@ -156,7 +156,7 @@ def edm_sample(denoiser: Callable, x_init: torch.Tensor, *, sigma_min: float = 0
 
     Args:
         denoiser: ``denoiser(x, sigma, **model_kwargs) -> x0 estimate``, x (B, *shape), sigma (B,) in x's dtype.
-        x_init: (B, *shape) the starting points at sigma_0 (sigma_max by default). B = 0 is accepted.
+        x_T: (B, *shape) the starting points at sigma_0 (sigma_max by default). B = 0 is accepted.
         sigma_min, sigma_max, steps, rho: the schedule of :func:`edm_sigmas` (EDM's defaults: 0.002, 80, 18, 7).
         D: PFGM++'s augmented dimension, only to check it is >= 1 and to document the run (the ODE in sigma is the
             same); None for the Gaussian family.
@@ -167,13 +167,13 @@ def edm_sample(denoiser: Callable, x_init: torch.Tensor, *, sigma_min: float = 0
         solver: ``"heun"``, ``"euler"`` or ``"dpmpp_2m"`` (above).
         S_churn, S_min, S_max, S_noise: EDM's churn (above): S_churn >= 0, S_noise >= 0, 0 <= S_min <= S_max
             (S_max may be inf). With ``solver="dpmpp_2m"`` S_churn must be 0.
-        generator: the torch.Generator (on x_init's device) the churn noise is drawn from; None for the device's
+        generator: the torch.Generator (on x_T's device) the churn noise is drawn from; None for the device's
             default generator.
         model_kwargs: extra keyword arguments of every denoiser call (class labels, ...), passed unchanged. All
             B rows are evaluated on every call, so a tensor with ndim >= 1 must have first dimension B
             (ValueError naming the key otherwise); other values are passed as they are.
         return_intermediates: also return the states on the grid: ``result.intermediates`` (K + 1, B, *shape)
-            in x_init's dtype, [0] = x_init, [i] = the state at sigma_i after step i - 1, [K] = result.x.
+            in x_T's dtype, [0] = x_T, [i] = the state at sigma_i after step i - 1, [K] = result.x.
         callback: ``callback({"i", "sigma", "sigma_hat", "sigma_next", "x", "denoised"})`` after each step (x the
             new state, denoised the denoiser's output at (x_hat, sigma_hat)).
         progress: a tqdm bar over the steps.
@@ -184,9 +184,9 @@ def edm_sample(denoiser: Callable, x_init: torch.Tensor, *, sigma_min: float = 0
     """
     if not callable(denoiser):
         raise TypeError(f"denoiser must be callable as denoiser(x, sigma), got {type(denoiser).__name__}")
-    x = V.tensor("x_init", x_init)
+    x = V.tensor("x_T", x_T)
     if not V.all_finite(x):
-        raise ValueError("x_init contains NaN or inf")
+        raise ValueError("x_T contains NaN or inf")
     if D is not None:
         D = V.number("D", D)
         if D < 1:
@@ -314,11 +314,11 @@ def _from_ode(res: ODEResult) -> SampleResult:
 
 
 @nvtx.annotate("fastflow.flow_sample")
-def flow_sample(velocity: Callable, x_init: torch.Tensor, *, t_start: float = 1.0, t_end: float = 0.0,
+def flow_sample(velocity: Callable, x_1: torch.Tensor, *, t_start: float = 1.0, t_end: float = 0.0,
                 method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
                 max_steps: int = 10_000, callback: Callable[[StepInfo], object] | None = None,
                 progress: bool = False, model_kwargs: dict | None = None,
-                time_grid: torch.Tensor | Sequence[float] | None = None, shift: float = 1.0,
+                time_grid: torch.Tensor | Sequence[float] | None = None, shift: float | None = None,
                 return_intermediates: bool = False, scheduler: Scheduler | None = None) -> SampleResult:
     """A velocity model integrated from noise (t = 1) to data (t = 0): rectified flow / flow matching.
 
@@ -330,10 +330,10 @@ def flow_sample(velocity: Callable, x_init: torch.Tensor, *, t_start: float = 1.
     fixed-step method takes exactly one step per interval (diffusers' flow-matching Euler scheduler with
     ``method="euler"``); with dopri5 the solver lands on each grid time. Without a grid, a fixed-step method with
     ``steps`` uses the uniform grid of steps + 1 times. ``shift`` (SD3's timestep shift, diffusers'
-    ``shift``) maps each grid time t to shift t / (1 + (shift - 1) t), spending more steps near the noise for
-    shift > 1; it needs a grid (or ``steps``). ``return_intermediates`` returns the states at the G grid times
-    (the first being x_init) as ``SampleResult.intermediates`` (G, B, *shape). A grid replaces t_start
-    and t_end.
+    ``shift``; None = 1, no shift) maps each grid time t to shift t / (1 + (shift - 1) t), spending more steps
+    near the noise for shift > 1; it needs a grid (or ``steps``). ``return_intermediates`` returns the states at
+    the G grid times (the first being x_1) as ``SampleResult.intermediates`` (G, B, *shape). A grid replaces
+    t_start and t_end.
 
     ``method="dpmpp_2m"``: DPM-Solver++(2M) on the grid (a few steps, one evaluation each), for a model of the
     affine path of ``scheduler`` (default :class:`fastflow.schedulers.CondOT`: rectified flow), through its data
@@ -341,7 +341,7 @@ def flow_sample(velocity: Callable, x_init: torch.Tensor, *, t_start: float = 1.
 
     Args:
         velocity: ``v(x, t) -> dx/dt``, x (n, *shape), t (n,) in x's dtype (n: samples still integrating).
-        x_init: (B, *shape) noise, e.g. ``fastflow.RectifiedFlow().prior(B, shape, T=1.0)``.
+        x_1: (B, *shape) noise, e.g. ``fastflow.RectifiedFlow().prior(B, shape, T=1.0)``.
         t_start, t_end: the time interval (default 1 -> 0).
         method, rtol, atol, steps, max_steps, callback, progress: as :func:`fastflow.odeint`.
         model_kwargs: per-sample inputs of the model, ``velocity(x, t, **model_kwargs)`` (class labels, ...):
@@ -353,7 +353,7 @@ def flow_sample(velocity: Callable, x_init: torch.Tensor, *, t_start: float = 1.
     """
     if not callable(velocity):
         raise TypeError(f"velocity must be callable as v(x, t), got {type(velocity).__name__}")
-    shift = V.number("shift", shift)
+    shift = 1.0 if shift is None else V.number("shift", shift)
     V.flag("return_intermediates", return_intermediates)
     multistep = method == "dpmpp_2m"
     if scheduler is not None and not multistep:
@@ -367,12 +367,12 @@ def flow_sample(velocity: Callable, x_init: torch.Tensor, *, t_start: float = 1.
         if shift != 1.0 or return_intermediates:
             raise ValueError("shift and return_intermediates need a time grid: pass time_grid, or steps with a "
                              "fixed-step method")
-        return _from_ode(odeint(velocity, x_init, t_start, t_end, method=method, rtol=rtol, atol=atol,
+        return _from_ode(odeint(velocity, x_1, t_start, t_end, method=method, rtol=rtol, atol=atol,
                                 steps=steps, max_steps=max_steps, callback=callback, progress=progress,
                                 model_kwargs=model_kwargs))
     grid = _flow_grid(time_grid, shift)
     if multistep:
-        return _dpmpp_2m(velocity, x_init, grid, scheduler, model_kwargs, return_intermediates)
+        return _dpmpp_2m(velocity, x_1, grid, scheduler, model_kwargs, return_intermediates)
     if fixed:  # one step per grid interval, in one integration; the states on the grid through the callback
         states = []
 
@@ -381,20 +381,20 @@ def flow_sample(velocity: Callable, x_init: torch.Tensor, *, t_start: float = 1.
             if callback is not None:
                 callback(info)
 
-        res = odeint(velocity, x_init, float(grid[0]), float(grid[-1]), method=method, steps=grid,
+        res = odeint(velocity, x_1, float(grid[0]), float(grid[-1]), method=method, steps=grid,
                      max_steps=max_steps, callback=record if return_intermediates else callback, progress=progress,
                      model_kwargs=model_kwargs)
         out = _from_ode(res)
         if return_intermediates:
-            out.intermediates = torch.stack([V.tensor("x_init", x_init).to(res.x.dtype), *states])
+            out.intermediates = torch.stack([V.tensor("x_1", x_1).to(res.x.dtype), *states])
         return out
-    res = odeint(velocity, x_init, float(grid[0]), float(grid[-1]), method=method, rtol=rtol, atol=atol,
+    res = odeint(velocity, x_1, float(grid[0]), float(grid[-1]), method=method, rtol=rtol, atol=atol,
                  max_steps=max_steps, callback=callback, progress=progress, model_kwargs=model_kwargs,
                  t_eval=grid[1:-1] if len(grid) > 2 else None)
     out = _from_ode(res)
     if return_intermediates:
         inner = [] if res.x_eval is None else list(res.x_eval)
-        out.intermediates = torch.stack([V.tensor("x_init", x_init).to(res.x.dtype), *inner, res.x])
+        out.intermediates = torch.stack([V.tensor("x_1", x_1).to(res.x.dtype), *inner, res.x])
     return out
 
 
@@ -466,7 +466,7 @@ class Oracle:
         calls: evaluations so far; rows: total rows evaluated (sum over calls of the batch size).
     """
 
-    def __init__(self, family: Family, ref: torch.Tensor, *, labels: torch.Tensor | None = None,
+    def __init__(self, family: Family, ref: torch.Tensor, labels: torch.Tensor | None = None, *,
                  null_label: int = -1, backend: str | None = None, precision: str = "ieee"):
         _check_family("family", family)
         self.family = family

@@ -225,6 +225,9 @@ def test_unknown_config_is_named():
     with pytest.raises(KeyError):
         pfgm.configs["cifar100"]
     assert "cifar100" not in pfgm.configs and pfgm.configs.get("cifar100") is None
+    # the short name of the contract is the bedroom preset, not a fourth one
+    assert pfgm.configs["lsun256"] is pfgm.configs["lsun_bedroom256"] and "lsun256" in pfgm.configs
+    assert sorted(pfgm.configs) == ["celeba64", "cifar10", "lsun_bedroom256"]
     with pytest.raises(ValueError, match="unknown method 'rk45'"):
         pfgm.configs["cifar10"].sample_kwargs("rk45")
 

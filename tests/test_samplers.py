@@ -72,7 +72,7 @@ def test_edm_sample_bad_input():
     den = gaussian_denoiser(0.0, 1.0)
     with pytest.raises(TypeError, match="denoiser"):
         edm_sample(None, x)
-    with pytest.raises(ValueError, match="x_init"):
+    with pytest.raises(ValueError, match="x_T"):
         edm_sample(den, torch.full((3, 2), float("nan")))
     with pytest.raises(ValueError, match="denoiser must return"):
         edm_sample(lambda x, s: x[:, :1], x)
@@ -311,3 +311,24 @@ def test_oracle_of_a_user_construction_memorises_uniformly(make, T, t_min):
     print(f"{fam}: chi2 p = {p_cover:.3g}, offset-law KS p = {p_law:.3g}, nfe mean {res.nfe.double().mean():.0f}")
     assert bool(res.success.all())
     assert p_cover > 1e-3 and p_law > 1e-3
+
+
+def test_the_contract_names_of_the_samplers():
+    # API.md: edm_sample(denoiser, x_T, ...), flow_sample(velocity, x_1, ..., shift=None), Oracle(family, ref,
+    # labels): the keyword forms and the defaults that the contract writes
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(5, 2, generator=g, dtype=torch.float64)
+    lab = torch.tensor([0, 1, 0, 1, 1])
+    x = torch.randn(4, 2, generator=g, dtype=torch.float64)
+    t = torch.full((4,), 0.5, dtype=torch.float64)
+    y = torch.tensor([0, 0, 1, 1])
+    fam = fastflow.Gaussian()
+    torch.testing.assert_close(fastflow.Oracle(fam, ref, lab)(x, t, labels=y),
+                               fastflow.Oracle(fam, ref, labels=lab)(x, t, labels=y), rtol=0, atol=0)
+    v = lambda z, s: -z  # noqa: E731
+    a = fastflow.flow_sample(v, x_1=x, method="euler", steps=4, shift=None).x
+    torch.testing.assert_close(a, fastflow.flow_sample(v, x, method="euler", steps=4, shift=1.0).x, rtol=0, atol=0)
+    torch.testing.assert_close(a, x * 1.25 ** 4, rtol=1e-14, atol=0)  # Euler on dx/dt = -x, t from 1 down to 0
+    den = gaussian_denoiser(0.0, 1.0)
+    e = fastflow.edm_sample(den, x_T=x * 80.0, steps=4).x
+    torch.testing.assert_close(e, fastflow.edm_sample(den, x * 80.0, steps=4).x, rtol=0, atol=0)
