@@ -146,9 +146,8 @@ def _call(model, x, t, batch_size: int) -> torch.Tensor:
         if tuple(out.shape) != tuple(xi.shape):
             raise ValueError(f"model returned shape {tuple(out.shape)}, expected {tuple(xi.shape)} (the shape of "
                              "the x it was given)")
-        if not bool(torch.isfinite(out).all()):
-            raise FloatingPointError(f"model returned NaN or inf at t = {float(t[i]):.6g} (the rows "
-                                     f"{i}..{i + xi.shape[0] - 1} of this call)")
+        V.require_finite(out, lambda i=i, n=xi.shape[0]: FloatingPointError(
+            f"model returned NaN or inf at t = {float(t[i]):.6g} (the rows {i}..{i + n - 1} of this call)"))
         outs.append(out.detach())
     return torch.cat(outs)
 

@@ -304,12 +304,12 @@ def couple(x0: torch.Tensor, x1: torch.Tensor, *, method: str = "exact", eps: fl
                 raise ValueError(f"class {c} of labels0 has no point in labels1")
             out[i] = j[couple(x0[i], x1[j], method=method, eps=eps, generator=generator, **sinkhorn_kwargs)]
         return out
+    if method == "exact" and B != R:
+        raise ValueError(f"the exact coupling is a permutation: x0 and x1 need as many points, got B = {B}, "
+                         f"R = {R} (use method='sinkhorn')")
+    if B == 0:
+        return torch.empty(0, dtype=torch.long, device=x0.device)
     if method == "exact":
-        if B != R:
-            raise ValueError(f"the exact coupling is a permutation: x0 and x1 need as many points, got B = {B}, "
-                             f"R = {R} (use method='sinkhorn')")
-        if B == 0:
-            return torch.empty(0, dtype=torch.long, device=x0.device)
         from scipy.optimize import linear_sum_assignment
 
         C = _cost(x0, x1).cpu().numpy()
@@ -317,8 +317,6 @@ def couple(x0: torch.Tensor, x1: torch.Tensor, *, method: str = "exact", eps: fl
         perm = torch.empty(B, dtype=torch.long)
         perm[torch.from_numpy(rows)] = torch.from_numpy(cols)
         return perm.to(x0.device)
-    if B == 0:
-        return torch.empty(0, dtype=torch.long, device=x0.device)
     if R == 0:
         raise ValueError("method='sinkhorn' needs at least one point in x1 to pair with")
     if eps is None:

@@ -515,7 +515,7 @@ class _Configs(Mapping):
 
     def __getitem__(self, name: str) -> PFGMConfig:
         try:
-            return self._presets[self._ALIASES.get(name, name) if isinstance(name, str) else name]
+            return self._presets[self._ALIASES.get(name, name)]  # an unhashable name: TypeError, caught below
         except (KeyError, TypeError):
             raise UnknownConfigError(f"no PFGM config named {name!r}; the official ones are "
                                      f"{sorted(self._presets)}") from None
